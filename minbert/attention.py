@@ -1,0 +1,55 @@
+"""Multi-head self-attention with a fused query/key/value projection and two kernels.
+
+`eager` is the textbook computation, softmax(QKᵀ/√d + mask)·V, kept for readers and as the
+reference; `sdpa` calls torch's fused scaled_dot_product_attention and is the default.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minbert.config import BertConfig
+
+
+class BertSelfAttention(nn.Module):
+    """Self-attention over a padded batch; `additive_mask` is 0 on real keys, very negative on pads."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        # One [3H, H] matmul instead of three [H, H] ones; the rows are query, key, value in order.
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.implementation = config.attn_implementation
+
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        batch, length, width = hidden.shape
+        # [B, T, 3, heads, d] -> three tensors of [B, heads, T, d]
+        q, k, v = self.qkv(hidden).view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
+        dropout = self.dropout_prob if self.training else 0.0
+        if self.implementation == "eager":
+            context = eager_attention(q, k, v, additive_mask, dropout)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask, dropout_p=dropout)
+        return context.transpose(1, 2).reshape(batch, length, width)
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor,
+                    dropout: float) -> torch.Tensor:
+    """softmax(QKᵀ/√d + mask)·V with dropout on the attention probabilities."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + additive_mask
+    probs = torch.softmax(scores, dim=-1)
+    probs = F.dropout(probs, p=dropout, training=dropout > 0)
+    return probs @ v
+
+
+def additive_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T] mask of 1 (real) / 0 (pad) to a [B, 1, 1, T] bias added to attention scores."""
+    # The dtype's most negative finite value, not -inf: a row of all pads then stays finite.
+    blocked = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    return blocked

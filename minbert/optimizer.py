@@ -1,0 +1,78 @@
+"""AdamW (Loshchilov & Hutter) with the course's signature, written from scratch.
+
+Weight decay is decoupled from the gradient and scaled by the learning rate. The bias
+correction is the "efficient" form of Kingma & Ba §2: fold both corrections into the step size,
+α_t = α·√(1−β₂ᵗ)/(1−β₁ᵗ), and divide the raw first moment by √v + ε. The update runs on whole
+lists of tensors at once (torch._foreach_*), because per-tensor Python loops cost more than the
+arithmetic for BERT's ~200 parameter tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch.optim import Optimizer
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay; `correct_bias=False` skips the bias correction (as BERT's original)."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0, correct_bias: bool = True) -> None:
+        if lr < 0.0:
+            raise ValueError(f"invalid learning rate {lr}: must be >= 0")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"invalid betas {betas}: each must be in [0, 1)")
+        if eps < 0.0:
+            raise ValueError(f"invalid eps {eps}: must be >= 0")
+        if weight_decay < 0.0:
+            raise ValueError(f"invalid weight_decay {weight_decay}: must be >= 0")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._update_group(group)
+        return loss
+
+    def _update_group(self, group: dict) -> None:
+        params, grads, first, second, step_sizes = [], [], [], [], []
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("AdamW does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            step_size = group["lr"]
+            if group["correct_bias"]:
+                t = state["step"]
+                step_size *= math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+            params.append(p)
+            grads.append(p.grad)
+            first.append(state["exp_avg"])
+            second.append(state["exp_avg_sq"])
+            step_sizes.append(-step_size)
+        if not params:
+            return
+        if group["weight_decay"]:
+            # Decoupled decay: shrink the weights directly, before and apart from the Adam step.
+            torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
+        torch._foreach_lerp_(first, grads, 1.0 - beta1)          # m ← β₁m + (1−β₁)g
+        torch._foreach_mul_(second, beta2)
+        torch._foreach_addcmul_(second, grads, grads, 1.0 - beta2)  # v ← β₂v + (1−β₂)g²
+        denominators = torch._foreach_sqrt(second)
+        torch._foreach_add_(denominators, group["eps"])
+        torch._foreach_addcdiv_(params, first, denominators, step_sizes)

@@ -1,0 +1,134 @@
+"""Reading and writing encoder weights in the Hugging Face BERT layout.
+
+Checkpoints name tensors as Hugging Face's BertModel does (`encoder.layer.0.attention.self.query.weight`),
+possibly with a `bert.` prefix and TensorFlow-era `gamma`/`beta` LayerNorm names. Our encoder fuses
+query/key/value into one projection and names a few modules differently; this module translates
+both ways, so any BERT checkpoint loads and what we save loads in `transformers` too.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from minbert.atomic import atomic_path
+from minbert.errors import CheckpointError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Buffers some checkpoints carry; they are recomputed, never learned.
+IGNORED_KEYS = re.compile(r"^embeddings\.position_ids$")
+# Pretraining heads (MLM, next-sentence) live beside the encoder; the MLM stage reads them itself.
+HEAD_PREFIX = "cls."
+_QKV = ("query", "key", "value")
+_RENAMES = (  # (Hugging Face pattern, our name), applied in order on load and reversed on save
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.", r"encoder.layer.\1.attention_output."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"encoder.layer.\1.intermediate."),
+)
+_SELF_ATTENTION = re.compile(r"^encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$")
+
+
+def find_weight_file(directory: Path) -> Path:
+    """The checkpoint's weight file: safetensors preferred, else a PyTorch state dict."""
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"{directory}: no weight file found (expected one of {', '.join(WEIGHT_FILES)})")
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a .safetensors or .bin file, never unpickling anything but plain tensors."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused to load: the file holds pickled objects other than "
+                              f"tensors, which could run code ({str(err).splitlines()[0]})") from err
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read the weights; the file is truncated or corrupt ({err})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a flat dict of named tensors")
+    return state
+
+
+def split_checkpoint(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(encoder tensors under canonical Hugging Face names, pretraining-head tensors under `cls.`)."""
+    encoder, heads = {}, {}
+    for key, tensor in state.items():
+        key = key.removeprefix("bert.")
+        if key.endswith(".gamma"):
+            key = key[: -len("gamma")] + "weight"
+        elif key.endswith(".beta"):
+            key = key[: -len("beta")] + "bias"
+        if IGNORED_KEYS.match(key):
+            continue
+        (heads if key.startswith(HEAD_PREFIX) else encoder)[key] = tensor
+    return encoder, heads
+
+
+def hf_to_minbert(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                  source: Path) -> dict[str, torch.Tensor]:
+    """Translate Hugging Face encoder names to ours, checking every key and shape against `expected`."""
+    converted: dict[str, torch.Tensor] = {}
+    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        match = _SELF_ATTENTION.match(key)
+        if match:
+            layer, which, kind = match.groups()
+            parts.setdefault((layer, kind), {})[which] = tensor
+            continue
+        for pattern, replacement in _RENAMES:
+            key = re.sub(pattern, replacement, key)
+        converted[key] = tensor
+    for (layer, kind), pieces in parts.items():
+        absent = [w for w in _QKV if w not in pieces]
+        if absent:
+            raise CheckpointError(f"{source}: missing key encoder.layer.{layer}.attention.self.{absent[0]}.{kind}")
+        converted[f"encoder.layer.{layer}.attention.qkv.{kind}"] = torch.cat([pieces[w] for w in _QKV])
+
+    unexpected = sorted(set(converted) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected key {minbert_to_hf_name(unexpected[0])} "
+                              f"({len(unexpected)} in all); is this a BERT encoder checkpoint matching config.json?")
+    missing = sorted(set(expected) - set(converted))
+    if missing:
+        raise CheckpointError(f"{source}: missing key {minbert_to_hf_name(missing[0])} ({len(missing)} in all)")
+    for key in sorted(converted):
+        tensor = converted[key]
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(f"{source}: key {minbert_to_hf_name(key)} has shape {tuple(tensor.shape)}, "
+                                  f"but config.json implies {tuple(expected[key].shape)}")
+    return converted
+
+
+def minbert_to_hf_name(key: str) -> str:
+    """The Hugging Face name of one of our keys (the fused projection is reported as its query part)."""
+    key = re.sub(r"^encoder\.layer\.(\d+)\.attention\.qkv\.", r"encoder.layer.\1.attention.self.query.", key)
+    key = re.sub(r"^encoder\.layer\.(\d+)\.attention_output\.", r"encoder.layer.\1.attention.output.", key)
+    return re.sub(r"^encoder\.layer\.(\d+)\.intermediate\.", r"encoder.layer.\1.intermediate.dense.", key)
+
+
+def minbert_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our encoder state dict under Hugging Face names, with the fused projection split again."""
+    converted = {}
+    for key, tensor in state.items():
+        match = re.match(r"^encoder\.layer\.(\d+)\.attention\.qkv\.(weight|bias)$", key)
+        if match:
+            layer, kind = match.groups()
+            for which, piece in zip(_QKV, tensor.chunk(3)):
+                converted[f"encoder.layer.{layer}.attention.self.{which}.{kind}"] = piece
+        else:
+            converted[minbert_to_hf_name(key)] = tensor
+    return converted
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write tensors to a .safetensors file atomically (copies, so tied or sliced tensors are fine)."""
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(plain, str(tmp), metadata={"format": "pt"})

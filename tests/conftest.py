@@ -1,0 +1,38 @@
+"""Shared fixtures: the packaged checkpoint, the course data directory and Hugging Face references."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # transformers is the reference implementation in tests only; keep its chatter out of the output.
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir() -> Path:
+    from minbert.paths import default_checkpoint_dir
+    return default_checkpoint_dir()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+def read_column(path: Path, *columns: str, limit: int | None = None) -> list:
+    """Values of the given columns from a course CSV, read with the plain csv module (independent of the package)."""
+    with open(path, encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f, delimiter="\t")]
+    rows = rows[:limit] if limit else rows
+    if len(columns) == 1:
+        return [r[columns[0]] for r in rows]
+    return [tuple(r[c] for c in columns) for r in rows]
