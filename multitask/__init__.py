@@ -1,0 +1,1 @@
+"""Multitask fine-tuning on SST, Quora and STS: data, batching, model, training and predictions."""
