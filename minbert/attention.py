@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minbert.config import BertConfig
+from minbert.packing import Packing
 
 
 class BertSelfAttention(nn.Module):
@@ -27,16 +28,22 @@ class BertSelfAttention(nn.Module):
         self.dropout_prob = config.attention_probs_dropout_prob
         self.implementation = config.attn_implementation
 
-    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
-        batch, length, width = hidden.shape
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor,
+                packing: Packing | None = None) -> torch.Tensor:
+        """hidden is [B, T, H], or the packed [N, H] real tokens when `packing` is given."""
+        qkv = self.qkv(hidden)
+        if packing is not None:
+            qkv = packing.unpack(qkv)  # attention mixes positions: back to the [B, T] grid
+        batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         # [B, T, 3, heads, d] -> three tensors of [B, heads, T, d]
-        q, k, v = self.qkv(hidden).view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
         dropout = self.dropout_prob if self.training else 0.0
         if self.implementation == "eager":
             context = eager_attention(q, k, v, additive_mask, dropout)
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask, dropout_p=dropout)
-        return context.transpose(1, 2).reshape(batch, length, width)
+        context = context.transpose(1, 2).reshape(batch, length, width)
+        return context if packing is None else packing.pack(context)
 
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor,

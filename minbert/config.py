@@ -32,6 +32,8 @@ class BertConfig:
     pad_token_id: int = 0
     # Not part of the checkpoint's meaning: "sdpa" (fused kernel) or "eager" (the plain math).
     attn_implementation: str = "sdpa"
+    # Also run-time only: skip pad positions in the position-wise layers (see minbert.packing).
+    unpad_inputs: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -78,5 +80,6 @@ class BertConfig:
         """The config.json content, readable by Hugging Face `transformers` as a BertModel config."""
         values = dataclasses.asdict(self)
         values.pop("attn_implementation")
+        values.pop("unpad_inputs")
         return {"architectures": ["BertModel"], "model_type": "bert",
                 "position_embedding_type": "absolute", **values}

@@ -8,6 +8,7 @@ from torch import nn
 
 from minbert.attention import BertSelfAttention
 from minbert.config import BertConfig
+from minbert.packing import Packing
 
 
 def activation(name: str):
@@ -45,8 +46,9 @@ class BertLayer(nn.Module):
         self.act = activation(config.hidden_act)
         self.output = AddNorm(config.intermediate_size, config)
 
-    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
-        attended = self.attention_output(self.attention(hidden, additive_mask), hidden)
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor,
+                packing: Packing | None = None) -> torch.Tensor:
+        attended = self.attention_output(self.attention(hidden, additive_mask, packing), hidden)
         return self.output(self.act(self.intermediate(attended)), attended)
 
 

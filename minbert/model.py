@@ -14,6 +14,7 @@ from minbert.attention import additive_attention_mask
 from minbert.config import BertConfig
 from minbert.embeddings import BertEmbeddings
 from minbert.layers import BertLayer, BertPooler
+from minbert.packing import Packing
 from minbert.paths import resolve_checkpoint_dir
 from minbert.weights import (find_weight_file, hf_to_minbert, minbert_to_hf, read_tensors, save_tensors,
                              split_checkpoint)
@@ -28,9 +29,10 @@ class BertEncoderStack(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor,
+                packing: Packing | None = None) -> torch.Tensor:
         for layer in self.layer:
-            hidden = layer(hidden, additive_mask)
+            hidden = layer(hidden, additive_mask, packing)
         return hidden
 
 
@@ -67,10 +69,19 @@ class BertModel(nn.Module):
         return self.embeddings(input_ids, token_type_ids)
 
     def encode(self, embeddings: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Run the layers and pooler on input embeddings; mask is [B, T] with 1 on real tokens."""
+        """Run the layers and pooler on input embeddings; mask is [B, T] with 1 on real tokens.
+
+        With `config.unpad_inputs` the layers compute only real tokens and `last_hidden_state` is
+        0 at pad positions (padded computation gives meaningless values there instead).
+        """
         if attention_mask is None:
             attention_mask = torch.ones(embeddings.shape[:2], dtype=torch.long, device=embeddings.device)
-        hidden = self.encoder(embeddings, additive_attention_mask(attention_mask, embeddings.dtype))
+        additive_mask = additive_attention_mask(attention_mask, embeddings.dtype)
+        packing = Packing.from_mask(attention_mask) if self.config.unpad_inputs else None
+        if packing is None:
+            hidden = self.encoder(embeddings, additive_mask)
+        else:
+            hidden = packing.unpack(self.encoder(packing.pack(embeddings), additive_mask, packing))
         return {"last_hidden_state": hidden, "pooler_output": self.pooler(hidden)}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

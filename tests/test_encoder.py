@@ -138,3 +138,18 @@ def test_too_long_input_is_a_clear_error(ours):
     ids = torch.ones(1, ours.config.max_position_embeddings + 1, dtype=torch.long)
     with pytest.raises(ValueError, match="exceeds"):
         ours(ids)
+
+
+def test_unpadded_layers_match_padded_on_real_tokens_and_gradients(tokenizer, data_dir):
+    padded = BertModel.from_pretrained().eval()
+    packed = BertModel.from_pretrained(unpad_inputs=True).eval()
+    batch = tokenizer(read_column(data_dir / "ids-sst-dev.csv", "sentence", limit=12))
+    real = batch["attention_mask"].bool()
+    a, b = padded(**batch), packed(**batch)
+    assert max_diff(a["last_hidden_state"][real], b["last_hidden_state"][real]) <= TOLERANCE
+    assert max_diff(a["pooler_output"], b["pooler_output"]) <= TOLERANCE
+    assert torch.equal(b["last_hidden_state"][~real], torch.zeros_like(b["last_hidden_state"][~real]))
+    (a["pooler_output"].sum() + (a["last_hidden_state"] * real[..., None]).sum()).backward()
+    (b["pooler_output"].sum() + (b["last_hidden_state"] * real[..., None]).sum()).backward()
+    for (name, p), q in zip(padded.named_parameters(), packed.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-4), name

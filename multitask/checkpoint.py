@@ -1,0 +1,74 @@
+"""Saving and loading a multitask model: encoder in the Hugging Face layout, heads, run settings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from minbert import BertModel, CheckpointError
+from minbert.atomic import atomic_write_text
+from minbert.weights import read_tensors, save_tensors
+from multitask.model import MultitaskBert
+
+RUN_FILE = "run.json"
+HEADS_FILE = "heads.safetensors"
+
+
+def save_checkpoint(model: MultitaskBert, directory: str | Path, settings: dict, scores: dict,
+                    tokenizer_from: str | Path | None) -> None:
+    """Write the model to `directory`, replacing what was there only once everything is written.
+
+    The encoder goes in the Hugging Face layout, so `--pretrained DIR` (or transformers) loads it.
+    """
+    directory = Path(directory)
+    staging = directory.with_name(directory.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.encoder.save_pretrained(staging, tokenizer_from=tokenizer_from)
+    heads = {f"{task}.{name}": tensor for task, head in model.heads.items()
+             for name, tensor in head.state_dict().items()}
+    save_tensors(heads, staging / HEADS_FILE)
+    run = {"tasks": list(model.tasks), "pooling": model.pooling, "pair_encoding": model.pair_encoding,
+           "settings": settings, "dev_scores": scores}
+    atomic_write_text(staging / RUN_FILE, json.dumps(run, indent=2, default=str) + "\n")
+    # Swap directories: a crash leaves either the old checkpoint or the new one, and a stale
+    # `.old` or `.partial` next to it, never a half-written checkpoint under the real name.
+    old = directory.with_name(directory.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if directory.exists():
+        directory.rename(old)
+    staging.rename(directory)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_checkpoint(directory: str | Path, **encoder_overrides) -> tuple[MultitaskBert, dict]:
+    """The model saved by `save_checkpoint` and its run record."""
+    directory = Path(directory)
+    run_file = directory / RUN_FILE
+    if not run_file.is_file():
+        raise CheckpointError(f"{run_file}: not found; is {directory} a multitask checkpoint "
+                              "(written by multitask_classifier.py)?")
+    try:
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+        tasks, pooling, pair_encoding = tuple(run["tasks"]), run["pooling"], run["pair_encoding"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{run_file}: unreadable run record ({err!r})") from err
+    encoder = BertModel.from_pretrained(directory, **encoder_overrides)
+    model = MultitaskBert(encoder, tasks, pooling=pooling, pair_encoding=pair_encoding)
+    heads = read_tensors(directory / HEADS_FILE)
+    expected = {f"{task}.{name}": t for task, head in model.heads.items() for name, t in head.state_dict().items()}
+    if set(heads) != set(expected):
+        raise CheckpointError(f"{directory / HEADS_FILE}: holds heads {sorted(heads)}, expected {sorted(expected)}")
+    for key, tensor in heads.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(f"{directory / HEADS_FILE}: {key} has shape {tuple(tensor.shape)}, "
+                                  f"expected {tuple(expected[key].shape)}")
+    with torch.no_grad():
+        for key, tensor in heads.items():
+            expected[key].copy_(tensor)
+    return model, run

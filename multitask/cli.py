@@ -1,0 +1,177 @@
+"""Command line of multitask_classifier.py: train on SST, Quora and STS together, write course predictions."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from minbert import BertModel, CheckpointError, load_tokenizer
+from multitask.batching import encode_task
+from multitask.checkpoint import load_checkpoint, save_checkpoint
+from multitask.data import PARA, SST, STS, DataError
+from multitask.evaluate import predict
+from multitask.model import HEADS, PAIR_ENCODINGS, POOLINGS, MultitaskBert
+from multitask.predictions import write_predictions
+from multitask.regularizers import RegularizerSettings, Regularizers
+from multitask.runtime import DeviceError, pick_device, seed_everything
+from multitask.schedule import SCHEDULES
+from multitask.train import Trainer, TrainingAborted, TrainSettings, format_epoch
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+TASK_DATA = {"sst": (SST, "ids-sst"), "para": (PARA, "quora"), "sts": (STS, "sts")}
+DEFAULT_LR = {"pretrain": 1e-3, "finetune": 5e-5}
+
+log = logging.getLogger("multitask")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--option", choices=("pretrain", "finetune"), default="pretrain",
+                   help="pretrain: train the heads on a frozen encoder; finetune: train everything")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"learning rate (default {DEFAULT_LR['pretrain']} for pretrain, {DEFAULT_LR['finetune']} for finetune)")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--hidden_dropout_prob", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=11711)
+    p.add_argument("--use_gpu", action="store_true", help="train on CUDA (same as --device cuda)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    for task, (_, stem) in TASK_DATA.items():
+        for split, suffix in (("train", "train"), ("dev", "dev"), ("test", "test-student")):
+            p.add_argument(f"--{task}_{split}", type=Path, default=DATA / f"{stem}-{suffix}.csv")
+    for task in TASK_DATA:
+        for split in ("dev", "test"):
+            p.add_argument(f"--{task}_{split}_out", type=Path, default=Path(f"predictions/{task}-{split}-output.csv"))
+    p.add_argument("--pretrained", type=Path, default=None,
+                   help="Hugging Face style BERT directory (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--tasks", default="sst,para,sts", help="comma-separated subset of sst,para,sts")
+    p.add_argument("--train_limit", type=int, default=None, help="at most N training examples per task")
+    p.add_argument("--max_length", type=int, default=128, help="tokens per (joint) input, longer ones truncated")
+    p.add_argument("--pooling", choices=POOLINGS, default="mean",
+                   help="sentence vector: mean of the last layer over real tokens, or the [CLS] pooler output")
+    p.add_argument("--pair_encoding", choices=PAIR_ENCODINGS, default="cross")
+    p.add_argument("--schedule", choices=SCHEDULES, default="proportional")
+    p.add_argument("--grad_accum", type=int, default=1)
+    p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--eval_batch_size", type=int, default=128)
+    p.add_argument("--max_bad_steps", type=int, default=20, help="abort after this many non-finite losses")
+    smart = p.add_argument_group("SMART / R3F regularised fine-tuning")
+    smart.add_argument("--smart", action="store_true",
+                       help="adversarial smoothness term and Bregman proximal point (mean teacher), paper defaults")
+    smart.add_argument("--no_adversarial", action="store_true", help="with --smart: drop the adversarial term")
+    smart.add_argument("--no_bregman", action="store_true", help="with --smart: drop the mean-teacher term")
+    smart.add_argument("--smart_lambda", type=float, default=1.0, help="weight λ_s of the adversarial term")
+    smart.add_argument("--smart_eps", type=float, default=1e-5, help="ℓ∞ radius ε of the perturbation")
+    smart.add_argument("--smart_sigma", type=float, default=1e-5, help="std σ of the initial noise")
+    smart.add_argument("--smart_step_size", type=float, default=1e-3, help="ascent step η")
+    smart.add_argument("--smart_steps", type=int, default=1, help="ascent steps T")
+    smart.add_argument("--bregman_mu", type=float, default=1.0, help="weight μ of the mean-teacher term")
+    smart.add_argument("--bregman_beta", type=float, default=None,
+                       help="constant teacher momentum β (default: 0.99 for the first 10%% of updates, then 0.999)")
+    smart.add_argument("--r3f", action="store_true", help="R3F noise term (no ascent step)")
+    smart.add_argument("--r3f_noise", choices=("normal", "uniform"), default="normal")
+    smart.add_argument("--r3f_eps", type=float, default=1e-5, help="noise scale: std (normal) or half-width (uniform)")
+    smart.add_argument("--r3f_lambda", type=float, default=1.0, help="weight of the R3F term")
+    p.add_argument("--out_dir", type=Path, default=Path("runs/multitask"),
+                   help="metrics.jsonl and the best checkpoint (<out_dir>/best) go here")
+    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for --predict_only (default <out_dir>/best)")
+    p.add_argument("--predict_only", action="store_true", help="write predictions from --checkpoint without training")
+    return p
+
+
+def parse_tasks(text: str) -> tuple[str, ...]:
+    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in tasks if t not in HEADS]
+    if not tasks or unknown:
+        raise SystemExit(f"--tasks: unknown task(s) {unknown or text!r}; choose from {','.join(HEADS)}")
+    return tasks
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (DataError, CheckpointError, TrainingAborted, DeviceError) as err:
+        sys.exit(f"error: {err}")
+
+
+def run(args: argparse.Namespace) -> None:
+    tasks = parse_tasks(args.tasks)
+    device = pick_device(args.device, args.use_gpu)
+    seed_everything(args.seed)
+    checkpoint = args.checkpoint or args.out_dir / "best"
+    if args.predict_only:
+        model, record = load_checkpoint(checkpoint)
+        tasks = tuple(t for t in tasks if t in model.tasks)
+        write_all_predictions(model, load_tokenizer(checkpoint), tasks, args, device, record["settings"]["max_length"])
+        return
+
+    tokenizer = load_tokenizer(args.pretrained)
+    started = time.perf_counter()
+    train_sets, dev_sets = {}, {}
+    for task in tasks:
+        spec, _ = TASK_DATA[task]
+        train = spec.read(getattr(args, f"{task}_train")).examples[: args.train_limit]
+        dev = spec.read(getattr(args, f"{task}_dev")).examples
+        train_sets[task] = encode_task(train, tokenizer, spec, args.pair_encoding, args.max_length)
+        dev_sets[task] = encode_task(dev, tokenizer, spec, args.pair_encoding, args.max_length)
+    log.info("data: %s", ", ".join(f"{t} train {len(train_sets[t])} dev {len(dev_sets[t])}" for t in tasks))
+
+    encoder = BertModel.from_pretrained(args.pretrained, hidden_dropout_prob=args.hidden_dropout_prob)
+    model = MultitaskBert(encoder, tasks, pooling=args.pooling, pair_encoding=args.pair_encoding,
+                          head_dropout=args.hidden_dropout_prob)
+    if args.option == "pretrain":
+        encoder.requires_grad_(False)
+    model.to(device)
+    regularizers = build_regularizers(model, args)
+    settings = TrainSettings(epochs=args.epochs, lr=DEFAULT_LR[args.option] if args.lr is None else args.lr, batch_size=args.batch_size,
+                             eval_batch_size=args.eval_batch_size, grad_accum=args.grad_accum,
+                             weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
+                             max_bad_steps=args.max_bad_steps)
+    record_settings = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                       **dataclasses.asdict(settings)}
+
+    def keep_best(best_model: MultitaskBert, record) -> None:
+        save_checkpoint(best_model, checkpoint, record_settings, record.as_json(), tokenizer_from=args.pretrained)
+        log.info("new best dev mean %.4f: saved %s", record.dev_mean, checkpoint)
+
+    trainer = Trainer(model, train_sets, dev_sets, settings, device, args.out_dir, on_new_best=keep_best,
+                      regularizer=regularizers, after_update=regularizers.after_update if regularizers else None)
+    history = trainer.train()
+    best = max(history, key=lambda r: r.dev_mean)
+    print(f"best {format_epoch(best)}; trained in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    model, _ = load_checkpoint(checkpoint)
+    write_all_predictions(model, tokenizer, tasks, args, device, args.max_length)
+
+
+def build_regularizers(model: MultitaskBert, args: argparse.Namespace) -> Regularizers | None:
+    """The SMART / R3F terms the flags ask for, or None for plain fine-tuning."""
+    settings = RegularizerSettings(
+        adversarial=args.smart and not args.no_adversarial, bregman=args.smart and not args.no_bregman,
+        r3f=args.r3f, **{k: getattr(args, k) for k in (
+            "smart_lambda", "smart_eps", "smart_sigma", "smart_step_size", "smart_steps", "bregman_mu",
+            "bregman_beta", "r3f_noise", "r3f_eps", "r3f_lambda")})
+    if (args.no_adversarial or args.no_bregman) and not args.smart:
+        raise SystemExit("--no_adversarial / --no_bregman switch off parts of --smart; add --smart")
+    return Regularizers(model, settings) if settings.any else None
+
+
+def write_all_predictions(model: MultitaskBert, tokenizer, tasks: tuple[str, ...], args: argparse.Namespace,
+                          device: torch.device, max_length: int) -> None:
+    """Dev and test prediction files for each task, in the course's format and input order."""
+    model.to(device)
+    for task in tasks:
+        spec, _ = TASK_DATA[task]
+        for split in ("dev", "test"):
+            examples = spec.read(getattr(args, f"{task}_{split}"), labelled=split == "dev").examples
+            dataset = encode_task(examples, tokenizer, spec, model.pair_encoding, max_length)
+            values = predict(model, dataset, args.eval_batch_size, device)
+            path = write_predictions(getattr(args, f"{task}_{split}_out"), task, dataset.ids, values.tolist())
+            log.info("wrote %s (%d rows)", path, len(dataset))

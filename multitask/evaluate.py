@@ -1,0 +1,60 @@
+"""Predicting a whole dataset in input order, and the course's dev metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from multitask.batching import EncodedTask, restore_order, sorted_batches
+from multitask.model import HEADS, MultitaskBert
+from multitask.runtime import autocast, show_progress, to_device
+
+
+@torch.no_grad()
+def predict(model: MultitaskBert, dataset: EncodedTask, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Final predictions in dataset order: class ids (sst), 0/1 (para), scores clamped to [0, 5] (sts)."""
+    outputs = raw_outputs(model, dataset, batch_size, device)
+    kind = HEADS[dataset.name].kind
+    if kind == "multiclass":
+        return outputs.argmax(-1)
+    if kind == "binary":
+        return (outputs > 0).long()
+    return outputs.clamp(0.0, 5.0)
+
+
+@torch.no_grad()
+def raw_outputs(model: MultitaskBert, dataset: EncodedTask, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Head outputs (logits or scores) for every example, in dataset order."""
+    was_training = model.training
+    model.eval()
+    batches = sorted_batches(dataset.lengths(), batch_size)
+    outputs, order = [], []
+    for indices in tqdm(batches, desc=f"eval {dataset.name}", leave=False, disable=not show_progress()):
+        batch = to_device(dataset.batch(indices), device)
+        with autocast(device):
+            outputs.append(model(dataset.name, batch).float().cpu())
+        order.append(batch["index"].cpu())
+    model.train(was_training)
+    return restore_order(torch.cat(order), torch.cat(outputs))
+
+
+def score(task: str, predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy for sst and para, Pearson r for sts."""
+    if HEADS[task].kind == "regression":
+        return pearson(predictions.double().numpy(), labels.double().numpy())
+    return (predictions.long() == labels.long()).double().mean().item()
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denominator) if denominator > 0 else 0.0
+
+
+def overall(scores: dict[str, float]) -> float:
+    """Mean of the task scores, with STS's r mapped to (r + 1) / 2 so all lie in [0, 1]."""
+    values = [(s + 1) / 2 if HEADS[task].kind == "regression" else s for task, s in scores.items()]
+    return sum(values) / len(values)

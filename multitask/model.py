@@ -1,0 +1,117 @@
+"""The shared encoder with three task heads, split so SMART can work on input embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minbert import BertModel
+
+POOLINGS = ("cls", "mean")
+PAIR_ENCODINGS = ("cross", "bi")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What a task's head outputs and how it is trained."""
+
+    name: str
+    kind: str  # "multiclass", "binary" or "regression": also selects SMART's divergence
+    outputs: int
+    is_pair: bool
+
+
+HEADS = {
+    "sst": HeadSpec("sst", "multiclass", 5, is_pair=False),
+    "para": HeadSpec("para", "binary", 1, is_pair=True),
+    "sts": HeadSpec("sts", "regression", 1, is_pair=True),
+}
+
+
+class MultitaskBert(nn.Module):
+    """One BERT encoder, one linear head per task.
+
+    Pairs are encoded jointly (`cross`: [CLS] a [SEP] b [SEP]) or separately (`bi`: features
+    [u, v, |u−v|, u⊙v]). For `bi` the two sides are stacked along the batch, so a task's input
+    is always one embeddings tensor and one mask — the single function SMART perturbs.
+    """
+
+    def __init__(self, encoder: BertModel, tasks: tuple[str, ...] = tuple(HEADS), pooling: str = "mean",
+                 pair_encoding: str = "cross", head_dropout: float = 0.1) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+        if pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"pair_encoding {pair_encoding!r} is not one of {PAIR_ENCODINGS}")
+        unknown = [t for t in tasks if t not in HEADS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; choose from {tuple(HEADS)}")
+        self.encoder = encoder
+        self.tasks = tuple(tasks)
+        self.pooling = pooling
+        self.pair_encoding = pair_encoding
+        self.dropout = nn.Dropout(head_dropout)
+        hidden = encoder.config.hidden_size
+        self.heads = nn.ModuleDict()
+        for task in self.tasks:
+            spec = HEADS[task]
+            features = 4 * hidden if spec.is_pair and pair_encoding == "bi" else hidden
+            self.heads[task] = nn.Linear(features, spec.outputs)
+            nn.init.normal_(self.heads[task].weight, std=encoder.config.initializer_range)
+            nn.init.zeros_(self.heads[task].bias)
+
+    def is_bi(self, task: str) -> bool:
+        return HEADS[task].is_pair and self.pair_encoding == "bi"
+
+    def embed(self, task: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input embeddings, attention mask) for a batch of `task`; for `bi` the two sides stacked."""
+        ids, types, mask = batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+        if self.is_bi(task):
+            pad_id = self.encoder.config.pad_token_id
+            ids = _stack_padded(ids, batch["input_ids_b"], pad_id)
+            types = _stack_padded(types, batch["token_type_ids_b"], 0)
+            mask = _stack_padded(mask, batch["attention_mask_b"], 0)
+        return self.encoder.embed(ids, types), mask
+
+    def predict_from_embeddings(self, task: str, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Task output from input embeddings: [B, 5] logits (sst), [B] logit (para) or [B] score (sts)."""
+        out = self.encoder.encode(embeddings, mask)
+        features = self.pool(out, mask)
+        if self.is_bi(task):
+            u, v = features.chunk(2)
+            features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+        logits = self.heads[task](self.dropout(features))
+        # Single-output heads return [B], never [B, 1]: a [B, 1] vs [B] loss would broadcast to [B, B].
+        return logits.squeeze(-1) if HEADS[task].outputs == 1 else logits
+
+    def pool(self, encoder_out: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return encoder_out["pooler_output"]
+        weights = mask.to(encoder_out["last_hidden_state"].dtype).unsqueeze(-1)
+        summed = (encoder_out["last_hidden_state"] * weights).sum(1)
+        return summed / weights.sum(1).clamp(min=1.0)
+
+    def forward(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.predict_from_embeddings(task, *self.embed(task, batch))
+
+
+def task_loss(task: str, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (sst), BCE with logits (para) or MSE (sts), shapes checked."""
+    kind = HEADS[task].kind
+    if kind == "multiclass":
+        return F.cross_entropy(output.float(), labels.long())
+    if output.shape != labels.shape:
+        raise ValueError(f"{task}: output shape {tuple(output.shape)} != label shape {tuple(labels.shape)}")
+    if kind == "binary":
+        return F.binary_cross_entropy_with_logits(output.float(), labels.float())
+    return F.mse_loss(output.float(), labels.float())
+
+
+def _stack_padded(a: torch.Tensor, b: torch.Tensor, value: int) -> torch.Tensor:
+    """Concatenate two [B, T] integer tensors along the batch, right-padding the shorter with `value`."""
+    length = max(a.shape[1], b.shape[1])
+    return torch.cat([F.pad(a, (0, length - a.shape[1]), value=value),
+                      F.pad(b, (0, length - b.shape[1]), value=value)])

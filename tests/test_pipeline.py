@@ -1,0 +1,199 @@
+"""End to end through `multitask.cli.main`: tiny course-format files, the packaged model, all outputs checked."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minbert import BertModel
+from multitask.cli import main
+from multitask.predictions import read_predictions
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+STEMS = {"sst": "ids-sst", "para": "quora", "sts": "sts"}
+SPLIT_FILES = {"train": "train", "dev": "dev", "test": "test-student"}
+ROWS = {"train": 16, "dev": 8, "test": 8}
+HEADERS = {"sst": "id \t Predicted_Sentiment \n", "para": "id \t Predicted_Is_Paraphrase \n",
+           "sts": "id \t Predicted_Similiary \n"}
+OUTPUTS = [(task, split) for task in STEMS for split in ("dev", "test")]
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "vocab.txt", "heads.safetensors", "run.json")
+SEED = "1234"
+
+
+def write_tiny_file(source: Path, target: Path, rows: int) -> list[str]:
+    """The header and the first `rows` records of a course file, copied verbatim; returns their ids.
+
+    Records with a double quote are passed over so that one line is one record, and the ids can
+    be read back with the plain csv module independently of the package's reader.
+    """
+    with open(source, encoding="utf-8") as f:
+        header, *lines = f.read().split("\n")
+    kept = [line for line in lines if line and '"' not in line][:rows]
+    target.write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
+    with open(target, encoding="utf-8", newline="") as f:
+        ids = [row["id"] for row in csv.DictReader(f, delimiter="\t")]
+    assert len(ids) == rows
+    return ids
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Run this module's training on one thread, restored afterwards.
+
+    The tiny runs gain nothing from a second thread, and on a 2-core machine shared with another
+    torch process, two spinning threads each made a step ~8x slower (6 fine-tuning steps: 34 s vs 4 s).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, one_torch_thread) -> dict:
+    """{"files": {(task, split): path}, "ids": {(task, split): ids in file order}}."""
+    directory = tmp_path_factory.mktemp("data")
+    files, ids = {}, {}
+    for task, stem in STEMS.items():
+        for split, suffix in SPLIT_FILES.items():
+            files[task, split] = directory / f"{stem}-{suffix}.csv"
+            ids[task, split] = write_tiny_file(DATA / f"{stem}-{suffix}.csv", files[task, split], ROWS[split])
+    return {"files": files, "ids": ids}
+
+
+def data_args(tiny_data: dict) -> list[str]:
+    return [arg for (task, split), path in tiny_data["files"].items() for arg in (f"--{task}_{split}", str(path))]
+
+
+def output_args(directory: Path) -> tuple[list[str], dict[tuple[str, str], Path]]:
+    outputs = {(task, split): directory / f"{task}-{split}-output.csv" for task, split in OUTPUTS}
+    return [arg for (task, split), path in outputs.items() for arg in (f"--{task}_{split}_out", str(path))], outputs
+
+
+def train_run(tiny_data: dict, out_dir: Path, option: str = "finetune", epochs: int = 1) -> dict:
+    """One full training run through the CLI; returns where everything went."""
+    out_args, outputs = output_args(out_dir / "predictions")
+    main(["--option", option, "--epochs", str(epochs), "--batch_size", "8", "--seed", SEED, "--device", "cpu",
+          *data_args(tiny_data), *out_args, "--out_dir", str(out_dir)])
+    metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"out_dir": out_dir, "best": out_dir / "best", "outputs": outputs, "metrics": metrics}
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tiny_data, tmp_path_factory) -> dict:
+    return train_run(tiny_data, tmp_path_factory.mktemp("finetune"))
+
+
+@pytest.fixture(scope="module")
+def finetune_rerun(tiny_data, tmp_path_factory) -> dict:
+    return train_run(tiny_data, tmp_path_factory.mktemp("finetune_again"))
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(tiny_data, tmp_path_factory) -> dict:
+    # Two epochs, so metrics.jsonl is checked with more than one line too.
+    return train_run(tiny_data, tmp_path_factory.mktemp("pretrain"), option="pretrain", epochs=2)
+
+
+@pytest.fixture(scope="module")
+def packaged_encoder() -> dict[str, torch.Tensor]:
+    return BertModel.from_pretrained().state_dict()
+
+
+def check_predictions(run: dict, tiny_data: dict) -> None:
+    for (task, split), path in run["outputs"].items():
+        assert path.is_file(), path
+        assert path.read_text(encoding="utf-8").startswith(HEADERS[task]), path
+        parsed = read_predictions(path, task, expected_ids=tiny_data["ids"][task, split])
+        assert parsed.ids == tiny_data["ids"][task, split], path
+
+
+# ----------------------------------------------------------------------------------------------- finetune
+
+def test_finetune_writes_six_valid_prediction_files_in_input_order(finetune_run, tiny_data):
+    assert len(finetune_run["outputs"]) == 6
+    check_predictions(finetune_run, tiny_data)
+    # The task is recognised from the header alone, too.
+    for (task, _), path in finetune_run["outputs"].items():
+        assert read_predictions(path).task == task
+
+
+def test_finetune_metrics_have_one_line_per_epoch(finetune_run):
+    metrics = finetune_run["metrics"]
+    assert len(metrics) == 1
+    record = metrics[0]
+    assert record["epoch"] == 1
+    for key in ("dev_sst", "dev_para", "dev_sts", "dev_mean", "train_seconds", "train_examples"):
+        assert key in record, key
+    assert record["train_examples"] == 3 * ROWS["train"]  # every training row once
+    assert 0.0 <= record["dev_sst"] <= 1.0 and 0.0 <= record["dev_para"] <= 1.0
+    assert -1.0 <= record["dev_sts"] <= 1.0
+    expected_mean = (record["dev_sst"] + record["dev_para"] + (record["dev_sts"] + 1) / 2) / 3
+    assert record["dev_mean"] == pytest.approx(expected_mean)
+
+
+def test_finetune_saves_the_best_checkpoint(finetune_run, packaged_encoder):
+    best = finetune_run["best"]
+    for name in CHECKPOINT_FILES:
+        assert (best / name).is_file(), name
+    for leftover in ("best.partial", "best.old"):
+        assert not (finetune_run["out_dir"] / leftover).exists()
+    run = json.loads((best / "run.json").read_text())
+    assert run["tasks"] == ["sst", "para", "sts"]
+    assert run["dev_scores"]["dev_mean"] == pytest.approx(finetune_run["metrics"][0]["dev_mean"])
+    heads = load_file(str(best / "heads.safetensors"))
+    assert {key.split(".")[0] for key in heads} == {"sst", "para", "sts"}
+    # Fine-tuning really moves the encoder (what makes the pretrain check below meaningful).
+    saved = BertModel.from_pretrained(best).state_dict()
+    assert any(not torch.equal(saved[key], packaged_encoder[key]) for key in packaged_encoder)
+
+
+def test_predict_only_reproduces_the_prediction_files(finetune_run, tiny_data, tmp_path):
+    out_args, outputs = output_args(tmp_path / "again")
+    main(["--predict_only", "--checkpoint", str(finetune_run["best"]), "--device", "cpu",
+          *data_args(tiny_data), *out_args, "--out_dir", str(tmp_path / "unused")])
+    for key, path in outputs.items():
+        assert path.read_bytes() == finetune_run["outputs"][key].read_bytes(), key
+
+
+def test_same_seed_gives_identical_predictions_and_metrics(finetune_run, finetune_rerun):
+    for key, path in finetune_run["outputs"].items():
+        assert path.read_bytes() == finetune_rerun["outputs"][key].read_bytes(), key
+    strip = [{k: v for k, v in record.items() if k != "train_seconds"} for record in finetune_run["metrics"]]
+    strip_again = [{k: v for k, v in record.items() if k != "train_seconds"} for record in finetune_rerun["metrics"]]
+    assert strip == strip_again
+    heads = load_file(str(finetune_run["best"] / "heads.safetensors"))
+    heads_again = load_file(str(finetune_rerun["best"] / "heads.safetensors"))
+    assert all(torch.equal(heads[key], heads_again[key]) for key in heads)
+
+
+# ----------------------------------------------------------------------------------------------- pretrain
+
+def test_pretrain_keeps_the_encoder_and_trains_the_heads(pretrain_run, packaged_encoder, tiny_data):
+    saved = BertModel.from_pretrained(pretrain_run["best"]).state_dict()
+    assert saved.keys() == packaged_encoder.keys()
+    changed = [key for key in saved if not torch.equal(saved[key], packaged_encoder[key])]
+    assert not changed, changed
+    heads = load_file(str(pretrain_run["best"] / "heads.safetensors"))
+    # Head biases start at zero (MultitaskBert's init); trained heads have moved them.
+    for task in STEMS:
+        assert heads[f"{task}.bias"].abs().max() > 0, task
+    assert [record["epoch"] for record in pretrain_run["metrics"]] == [1, 2]
+    check_predictions(pretrain_run, tiny_data)
+
+
+# ------------------------------------------------------------------------------------------------- errors
+
+def test_missing_training_file_exits_naming_it(tiny_data, tmp_path):
+    missing = tmp_path / "no-such-sst-train.csv"
+    out_args, outputs = output_args(tmp_path / "predictions")
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--option", "finetune", "--epochs", "1", "--device", "cpu", *data_args(tiny_data),
+              "--sst_train", str(missing), *out_args, "--out_dir", str(tmp_path / "run")])
+    assert str(missing) in str(excinfo.value.code)
+    assert not any(path.exists() for path in outputs.values())

@@ -1,0 +1,97 @@
+"""SMART and R3F inside the multitask training loop: switches, zero weights, the teacher's updates."""
+
+from __future__ import annotations
+
+import torch
+
+from minbert import BertConfig, BertModel
+from multitask.batching import EncodedTask
+from multitask.model import MultitaskBert
+from multitask.regularizers import RegularizerSettings, Regularizers
+from multitask.train import Trainer, TrainSettings
+
+TINY = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                  max_position_embeddings=32)
+
+
+def tiny_tasks(n: int = 24) -> dict[str, EncodedTask]:
+    generator = torch.Generator().manual_seed(0)
+
+    def sequences(count):
+        lengths = torch.randint(3, 12, (count,), generator=generator)
+        return [[2] + torch.randint(5, 100, (int(k) - 2,), generator=generator).tolist() + [3] for k in lengths]
+
+    def task(name, kind, labels):
+        ids = sequences(n)
+        types = [[0] * len(s) for s in ids]
+        return EncodedTask(name, kind, [f"{name}{i}" for i in range(n)], ids, types, labels)
+
+    return {"sst": task("sst", "multiclass", torch.randint(0, 5, (n,), generator=generator)),
+            "para": task("para", "binary", torch.randint(0, 2, (n,), generator=generator).float()),
+            "sts": task("sts", "regression", 5 * torch.rand(n, generator=generator))}
+
+
+def train_tiny(settings: RegularizerSettings | None, epochs: int = 1, tmp_path=None) -> tuple[MultitaskBert, list]:
+    torch.manual_seed(0)
+    model = MultitaskBert(BertModel(TINY))
+    regularizers = Regularizers(model, settings) if settings is not None else None
+    tasks = tiny_tasks()
+    trainer = Trainer(model, tasks, tasks, TrainSettings(epochs=epochs, batch_size=8, lr=1e-3, seed=0),
+                      torch.device("cpu"), tmp_path, regularizer=regularizers,
+                      after_update=regularizers.after_update if regularizers else None)
+    return model, trainer.train()
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_zero_weights_are_bit_identical_to_plain_finetuning(tmp_path):
+    plain, _ = train_tiny(None, tmp_path=tmp_path / "plain")
+    off = RegularizerSettings(adversarial=True, bregman=True, r3f=True, smart_lambda=0.0, bregman_mu=0.0,
+                              r3f_lambda=0.0)
+    zeroed, _ = train_tiny(off, tmp_path=tmp_path / "zero")
+    a, b = weights(plain), weights(zeroed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_each_switch_adds_exactly_its_term(tmp_path):
+    cases = {
+        "adversarial": RegularizerSettings(adversarial=True),
+        "bregman": RegularizerSettings(bregman=True),
+        "r3f": RegularizerSettings(r3f=True),
+    }
+    for name, settings in cases.items():
+        _, history = train_tiny(settings, tmp_path=tmp_path / name)
+        losses = history[0].train_losses
+        added = {k.split("_", 1)[1] for k in losses if "_" in k}
+        assert added == {name}, (name, losses)
+        assert all(f"{task}_{name}" in losses for task in ("sst", "para", "sts"))
+    _, both = train_tiny(RegularizerSettings(adversarial=True, bregman=True), tmp_path=tmp_path / "smart")
+    assert {k.split("_", 1)[1] for k in both[0].train_losses if "_" in k} == {"adversarial", "bregman"}
+
+
+def test_regularisers_change_training_and_stay_finite(tmp_path):
+    plain, _ = train_tiny(None, tmp_path=tmp_path / "plain")
+    smart, history = train_tiny(RegularizerSettings(adversarial=True, bregman=True, smart_eps=1e-3,
+                                                    smart_step_size=1e-2), tmp_path=tmp_path / "smart")
+    assert history[0].skipped_steps == 0
+    assert all(torch.isfinite(torch.tensor(v)) for v in history[0].train_losses.values())
+    assert any(not torch.equal(a, b) for a, b in zip(weights(plain).values(), weights(smart).values()))
+
+
+def test_teacher_follows_the_student_by_the_ema_formula(tmp_path):
+    torch.manual_seed(0)
+    model = MultitaskBert(BertModel(TINY))
+    regularizers = Regularizers(model, RegularizerSettings(bregman=True))
+    teacher = regularizers.teacher.model
+    before = weights(teacher)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    regularizers.after_update(1, 100)  # update 1 of 100: within the first 10%, β = 0.99
+    student = dict(model.named_parameters())
+    for name, p in teacher.named_parameters():
+        expected = 0.01 * student[name] + 0.99 * before[name]
+        assert torch.allclose(p, expected, atol=1e-6), name
+    assert not any(p.requires_grad for p in teacher.parameters())
