@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=POOLINGS, default="mean",
                    help="sentence vector: mean of the last layer over real tokens, or the [CLS] pooler output")
     p.add_argument("--pair_encoding", choices=PAIR_ENCODINGS, default="cross")
-    p.add_argument("--schedule", choices=SCHEDULES, default="proportional")
+    p.add_argument("--schedule", choices=SCHEDULES, default="round_robin")
     p.add_argument("--grad_accum", type=int, default=1)
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--eval_batch_size", type=int, default=128)
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(args.seed)
     checkpoint = args.checkpoint or args.out_dir / "best"
     if args.predict_only:
-        model, record = load_checkpoint(checkpoint)
+        model, record = load_checkpoint(checkpoint, unpad_inputs=True)
         tasks = tuple(t for t in tasks if t in model.tasks)
         write_all_predictions(model, load_tokenizer(checkpoint), tasks, args, device, record["settings"]["max_length"])
         return
@@ -124,7 +124,9 @@ def run(args: argparse.Namespace) -> None:
         dev_sets[task] = encode_task(dev, tokenizer, spec, args.pair_encoding, args.max_length)
     log.info("data: %s", ", ".join(f"{t} train {len(train_sets[t])} dev {len(dev_sets[t])}" for t in tasks))
 
-    encoder = BertModel.from_pretrained(args.pretrained, hidden_dropout_prob=args.hidden_dropout_prob)
+    # Pad positions never reach a head (mean pooling masks them), so the layers may skip them.
+    encoder = BertModel.from_pretrained(args.pretrained, hidden_dropout_prob=args.hidden_dropout_prob,
+                                        unpad_inputs=True)
     model = MultitaskBert(encoder, tasks, pooling=args.pooling, pair_encoding=args.pair_encoding,
                           head_dropout=args.hidden_dropout_prob)
     if args.option == "pretrain":
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> None:
     history = trainer.train()
     best = max(history, key=lambda r: r.dev_mean)
     print(f"best {format_epoch(best)}; trained in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
-    model, _ = load_checkpoint(checkpoint)
+    model, _ = load_checkpoint(checkpoint, unpad_inputs=True)
     write_all_predictions(model, tokenizer, tasks, args, device, args.max_length)
 
 
@@ -170,7 +172,8 @@ def write_all_predictions(model: MultitaskBert, tokenizer, tasks: tuple[str, ...
     for task in tasks:
         spec, _ = TASK_DATA[task]
         for split in ("dev", "test"):
-            examples = spec.read(getattr(args, f"{task}_{split}"), labelled=split == "dev").examples
+            # Read without labels: a dev row whose label is unusable still gets its prediction line.
+            examples = spec.read(getattr(args, f"{task}_{split}"), labelled=False).examples
             dataset = encode_task(examples, tokenizer, spec, model.pair_encoding, max_length)
             values = predict(model, dataset, args.eval_batch_size, device)
             path = write_predictions(getattr(args, f"{task}_{split}_out"), task, dataset.ids, values.tolist())

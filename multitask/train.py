@@ -40,7 +40,7 @@ class TrainSettings:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    schedule: str = "proportional"
+    schedule: str = "round_robin"
     seed: int = 0
     max_bad_steps: int = 20
 
