@@ -65,15 +65,7 @@ class BertTokenizer:
 
     def pad(self, ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Right-pad lists of ids to the longest one: `input_ids`, `token_type_ids`, `attention_mask`."""
-        longest = max((len(x) for x in ids), default=0)
-        input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
-        token_type_ids = torch.zeros((len(ids), longest), dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
-        for row, (seq, types) in enumerate(zip(ids, type_ids)):
-            input_ids[row, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-            token_type_ids[row, :len(types)] = torch.as_tensor(types, dtype=torch.long)
-            attention_mask[row, :len(seq)] = 1
-        return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+        return pad_sequences(ids, type_ids, self.pad_id)
 
     def __call__(self, texts: str | Sequence[str], pairs: str | Sequence[str] | None = None,
                  max_length: int = 128) -> dict[str, torch.Tensor]:
@@ -90,6 +82,20 @@ class BertTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def pad_sequences(ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]],
+                  pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad token and type id lists to the longest: `input_ids`, `token_type_ids`, `attention_mask`."""
+    longest = max((len(x) for x in ids), default=0)
+    input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
+    token_type_ids = torch.zeros((len(ids), longest), dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
+    for row, (seq, types) in enumerate(zip(ids, type_ids)):
+        input_ids[row, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        token_type_ids[row, :len(types)] = torch.as_tensor(types, dtype=torch.long)
+        attention_mask[row, :len(seq)] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
 
 
 def _read_vocab(vocab_file: Path) -> dict[str, int]:

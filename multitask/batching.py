@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from minbert.tokenizer import BertTokenizer, pad_sequences
 from multitask.data import Example, PairExample, Task
 
-if TYPE_CHECKING:
-    from minbert.tokenizer import BertTokenizer
 
 PairEncoding = Literal["cross", "bi"]
 Item = dict[str, Any]
@@ -135,18 +134,6 @@ def _labels(examples: list[Example], task: Task) -> torch.Tensor | None:
     return torch.tensor(labels, dtype=dtype)
 
 
-def _pad(seqs: Sequence[Sequence[int]], types: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, ...]:
-    longest = max(len(seq) for seq in seqs)
-    input_ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
-    token_type_ids = torch.zeros((len(seqs), longest), dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), longest), dtype=torch.long)
-    for row, (seq, seq_types) in enumerate(zip(seqs, types)):
-        input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        token_type_ids[row, :len(seq_types)] = torch.tensor(seq_types, dtype=torch.long)
-        attention_mask[row, :len(seq)] = 1
-    return input_ids, token_type_ids, attention_mask
-
-
 def collate(items: Sequence[Item], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Pad a list of items to the longest in the batch (each side separately when bi-encoded)."""
     if not items:
@@ -154,9 +141,9 @@ def collate(items: Sequence[Item], pad_id: int = 0) -> dict[str, torch.Tensor]:
     batch: dict[str, torch.Tensor] = {}
     suffixes = ["", "_b"] if "input_ids_b" in items[0] else [""]
     for suffix in suffixes:
-        padded = _pad([it["input_ids" + suffix] for it in items], [it["token_type_ids" + suffix] for it in items],
-                      pad_id)
-        for key, tensor in zip(("input_ids", "token_type_ids", "attention_mask"), padded):
+        padded = pad_sequences([it["input_ids" + suffix] for it in items],
+                               [it["token_type_ids" + suffix] for it in items], pad_id)
+        for key, tensor in padded.items():
             batch[key + suffix] = tensor
     if "label" in items[0]:
         batch["labels"] = torch.stack([torch.as_tensor(it["label"]) for it in items])
