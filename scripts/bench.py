@@ -1,0 +1,290 @@
+"""Speed benchmark, side by side in one run: our encoder vs transformers.BertModel, and SMART/R3F vs plain.
+
+Every contender runs on the same weights and the same batches, interleaved, and the median of
+`--reps` timed repetitions after warm-up is reported, so machine noise hits all alike.
+
+    python scripts/bench.py                    # full table (about 15 minutes on 2 CPU cores)
+    python scripts/bench.py --quick            # fewer lengths and repetitions, to check it runs
+    python scripts/bench.py --json results/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from minbert import BertModel, load_tokenizer  # noqa: E402
+from minbert.optimizer import AdamW  # noqa: E402
+from minbert.paths import default_checkpoint_dir  # noqa: E402
+from multitask.batching import compare_padding, encode_task  # noqa: E402
+from multitask.data import CFIMDB, PARA, SST, STS  # noqa: E402
+from multitask.model import MultitaskBert, task_loss  # noqa: E402
+from multitask.regularizers import RegularizerSettings, Regularizers  # noqa: E402
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+BATCH = 32
+# SMART with T = 1 and the teacher: clean fwd+bwd (3F), noisy fwd (F), backward to δ only (≈F: no
+# weight gradients), adversarial fwd+bwd (3F), teacher fwd (F) = 9F against plain's 3F.
+FLOP_RATIO = {"plain": 1.0, "smart": 9 / 3, "r3f": 6 / 3}
+
+
+def realistic_batch(tokenizer, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """32 real inputs (SST sentences, CFIMDB reviews, Quora and STS pairs) padded to `length`, ~25% of positions padding.
+
+    Lengths are drawn uniformly from [length/2, length] (mean 3/4 of the grid) and the longest
+    sets the padded width, as in a batch of real sentences of mixed length.
+    """
+    texts = [e.text for e in SST.read(DATA / "ids-sst-train.csv").examples]
+    texts += [e.text for e in CFIMDB.read(DATA / "ids-cfimdb-train.csv").examples]  # reviews: the long inputs
+    pairs = [(e.text_a, e.text_b) for e in PARA.read(DATA / "quora-train.csv").examples[:6000]]
+    pairs += [(e.text_a, e.text_b) for e in STS.read(DATA / "sts-train.csv").examples]
+    ids, types = tokenizer.encode_lists(texts, max_length=length)
+    pair_ids, pair_types = tokenizer.encode_lists([a for a, _ in pairs], [b for _, b in pairs], max_length=length)
+    pool = list(zip(ids + pair_ids, types + pair_types))
+    lengths = np.array([len(x) for x, _ in pool])
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for target in np.linspace(length // 2, length, BATCH).round().astype(int):
+        candidates = np.flatnonzero(lengths >= target)
+        # A longer example cut to the target length keeps the content real.
+        i = rng.choice(candidates)
+        chosen.append((pool[i][0][:target - 1] + [tokenizer.sep_id], pool[i][1][:target]))
+    return tokenizer.pad([c[0] for c in chosen], [c[1] for c in chosen])
+
+
+def matmul_peak(seconds: float = 2.0) -> float:
+    """Measured fp32 GFLOP/s of torch.mm on this machine (the ceiling everything is compared with)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        runs += 1
+    return 2 * 2048 ** 3 * runs / (time.perf_counter() - start) / 1e9
+
+
+def forward_flops(config, attention_mask: torch.Tensor) -> float:
+    """Model FLOPs of one forward pass on the real tokens: dense layers plus attention scores."""
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    real = attention_mask.sum(1).double()
+    dense_per_token = 2 * (4 * h * h + 2 * h * inter)
+    attention = 4 * h * (real ** 2).sum()
+    return float(layers * (dense_per_token * real.sum() + attention))
+
+
+class Contender:
+    """One implementation: a model, a linear head on its pooled output, an optimiser."""
+
+    def __init__(self, name: str, model: torch.nn.Module, optimizer_class) -> None:
+        torch.manual_seed(0)
+        self.name, self.model = name, model
+        self.head = torch.nn.Linear(model.config.hidden_size, 5)
+        params = list(model.parameters()) + list(self.head.parameters())
+        self.optimizer = optimizer_class(params, lr=5e-5, weight_decay=0.01)
+
+    def pooled(self, batch) -> torch.Tensor:
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"])
+        return out["pooler_output"] if isinstance(out, dict) else out.pooler_output
+
+    def train_step(self, batch, labels) -> None:
+        self.model.train()
+        F.cross_entropy(self.head(self.pooled(batch)), labels).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def infer(self, batch) -> None:
+        self.model.eval()
+        self.head(self.pooled(batch))
+
+
+def make_contender(name: str) -> Contender:
+    """minbert (packed real tokens, our AdamW) or transformers.BertModel with sdpa/eager attention."""
+    if name == "minbert":
+        return Contender(name, BertModel.from_pretrained(unpad_inputs=True), AdamW)
+    import transformers
+    attention = name.removeprefix("hf-")
+    model = transformers.BertModel.from_pretrained(str(default_checkpoint_dir()), attn_implementation=attention)
+    return Contender(name, model, torch.optim.AdamW)
+
+
+def interleaved(functions: dict[str, callable], reps: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved round by round."""
+    for _ in range(warmup):
+        for fn in functions.values():
+            fn()
+    times = {name: [] for name in functions}
+    for _ in range(reps):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def encoder_table(tokenizer, lengths, reps, include_eager, peak) -> list[dict]:
+    rows = []
+    models = [make_contender(name) for name in ("minbert", "hf-sdpa", "hf-eager")[: 3 if include_eager else 2]]
+    for length in lengths:
+        batch = realistic_batch(tokenizer, length)
+        labels = torch.randint(0, 5, (BATCH,), generator=torch.Generator().manual_seed(0))
+        flops = forward_flops(models[0].model.config, batch["attention_mask"])
+        padding = 1 - batch["attention_mask"].float().mean().item()
+        for mode in ("train", "infer"):
+            if mode == "train":
+                fns = {c.name: (lambda c=c: c.train_step(batch, labels)) for c in models}
+            else:
+                fns = {c.name: (lambda c=c: c.infer(batch)) for c in models}
+            seconds = interleaved(fns, reps)
+            work = 3 * flops if mode == "train" else flops
+            for name, s in seconds.items():
+                rows.append({"length": length, "mode": mode, "impl": name, "seconds": s,
+                             "sentences_per_s": BATCH / s, "speedup_vs_hf_sdpa": seconds["hf-sdpa"] / s,
+                             "fraction_of_peak": work / s / 1e9 / peak, "padding": padding})
+    return rows
+
+
+def regulariser_table(tokenizer, length: int, reps: int) -> list[dict]:
+    """Plain fine-tuning vs SMART (adversarial + teacher) vs R3F: the multitask model on one SST batch."""
+    batch = realistic_batch(tokenizer, length, seed=1)
+    batch["labels"] = torch.randint(0, 5, (BATCH,), generator=torch.Generator().manual_seed(0))
+    setups = {"plain": None, "smart": RegularizerSettings(adversarial=True, bregman=True),
+              "r3f": RegularizerSettings(r3f=True)}
+    steps = {}
+    for name, settings in setups.items():
+        torch.manual_seed(0)
+        model = MultitaskBert(BertModel.from_pretrained(unpad_inputs=True), ("sst",))
+        regs = Regularizers(model, settings) if settings else None
+        optimizer = AdamW(model.parameters(), lr=5e-5)
+
+        def step(model=model, regs=regs, optimizer=optimizer):
+            model.train()
+            embeddings, mask = model.embed("sst", batch)
+            output = model.predict_from_embeddings("sst", embeddings, mask)
+            loss = task_loss("sst", output, batch["labels"])
+            if regs is not None:
+                loss = loss + sum(regs(model, "sst", batch, embeddings, mask, output).values())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if regs is not None:
+                regs.after_update(1, 100)
+        steps[name] = step
+    seconds = interleaved(steps, reps)
+    return [{"method": name, "length": length, "seconds": s, "ratio_to_plain": s / seconds["plain"],
+             "flop_ratio": FLOP_RATIO[name], "ratio_over_flop_ratio": s / seconds["plain"] / FLOP_RATIO[name]}
+            for name, s in seconds.items()]
+
+
+def padding_table(tokenizer) -> list[dict]:
+    rows = []
+    for spec, file in ((SST, "ids-sst-train.csv"), (PARA, "quora-train.csv"), (STS, "sts-train.csv")):
+        dataset = encode_task(spec.read(DATA / file).examples, tokenizer, spec)
+        report = compare_padding(dataset, BATCH)
+        rows.append({"task": spec.name, "bucketed": report.bucketed, "random": report.random})
+    return rows
+
+
+def memory_probe(impl: str, length: int) -> None:
+    """Child process: RSS (MiB) before and at the peak of three training steps of one contender, as JSON."""
+    tokenizer = load_tokenizer()
+    batch = realistic_batch(tokenizer, length)
+    labels = torch.zeros(BATCH, dtype=torch.long)
+    contender = make_contender(impl)
+    before = status_mib("VmRSS")
+    # Reset the kernel's high-water mark so loading the data and model does not count as the peak.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    for _ in range(3):
+        contender.train_step(batch, labels)
+    peak = status_mib("VmHWM")
+    print(json.dumps({"rss_before_mib": before, "peak_rss_mib": peak}))
+
+
+def status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status, in MiB."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def memory_table(impls, length: int) -> list[dict]:
+    rows = []
+    for impl in impls:
+        out = subprocess.run([sys.executable, __file__, "--memory-probe", impl, str(length)],
+                             capture_output=True, text=True, check=True)
+        rows.append({"impl": impl, "length": length, **json.loads(out.stdout.strip().splitlines()[-1])})
+    return rows
+
+
+def print_report(report: dict) -> None:
+    print(f"\nmachine: {report['machine']}; torch {report['torch']}, {report['threads']} threads; "
+          f"fp32 matmul peak {report['matmul_peak_gflops']:.0f} GFLOP/s")
+    print(f"\nencoder, batch {BATCH} of real inputs (~25% padding); median seconds per call")
+    print(f"{'len':>4} {'mode':>5} {'impl':>9} {'seconds':>8} {'sent/s':>7} {'vs hf-sdpa':>10} {'of peak':>8}")
+    for r in report["encoder"]:
+        print(f"{r['length']:>4} {r['mode']:>5} {r['impl']:>9} {r['seconds']:>8.3f} {r['sentences_per_s']:>7.1f} "
+              f"{r['speedup_vs_hf_sdpa']:>9.2f}x {r['fraction_of_peak']:>8.0%}")
+    print("\npeak RSS over 3 training steps, one process per implementation (model and data loaded before)")
+    for r in report["memory"]:
+        print(f"  {r['impl']:>9} len {r['length']}: peak {r['peak_rss_mib']:.0f} MiB, "
+              f"{r['peak_rss_mib'] - r['rss_before_mib']:.0f} MiB above the loaded model")
+    print("\npadding share of computed tokens over one epoch, batch 32")
+    for r in report["padding"]:
+        print(f"  {r['task']:>5}: bucketed {r['bucketed']:.1%}   random batches {r['random']:.1%}")
+    print("\nregularised fine-tuning step (multitask model, SST head), median seconds")
+    print(f"{'method':>7} {'seconds':>8} {'x plain':>8} {'FLOP ratio':>10} {'measured/FLOP':>13}")
+    for r in report["regularisers"]:
+        print(f"{r['method']:>7} {r['seconds']:>8.3f} {r['ratio_to_plain']:>7.2f}x {r['flop_ratio']:>9.1f}x "
+              f"{r['ratio_over_flop_ratio']:>13.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--no-eager", action="store_true", help="skip transformers' eager attention")
+    parser.add_argument("--quick", action="store_true", help="length 32 only, 3 repetitions")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("IMPL", "LENGTH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        memory_probe(args.memory_probe[0], int(args.memory_probe[1]))
+        return
+    if args.quick:
+        args.lengths, args.reps = [32], 3
+    import logging
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    tokenizer = load_tokenizer()
+    peak = matmul_peak()
+    impls = ["minbert", "hf-sdpa"] + ([] if args.no_eager else ["hf-eager"])
+    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
+              "encoder": encoder_table(tokenizer, args.lengths, args.reps, not args.no_eager, peak),
+              "memory": memory_table(impls, max(args.lengths)),
+              "padding": padding_table(tokenizer),
+              "regularisers": regulariser_table(tokenizer, 64 if 64 in args.lengths else args.lengths[0], args.reps)}
+    print_report(report)
+    if args.json:
+        from minbert.atomic import atomic_write_text
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
