@@ -17,6 +17,12 @@ RUN_FILE = "run.json"
 HEADS_FILE = "heads.safetensors"
 
 
+def head_tensors(model: MultitaskBert) -> dict[str, torch.Tensor]:
+    """The heads' tensors under `<task>.<name>` keys (views of the live parameters)."""
+    return {f"{task}.{name}": tensor for task, head in model.heads.items()
+            for name, tensor in head.state_dict().items()}
+
+
 def save_checkpoint(model: MultitaskBert, directory: str | Path, settings: dict, scores: dict,
                     tokenizer_from: str | Path | None) -> None:
     """Write the model to `directory`, replacing what was there only once everything is written.
@@ -28,9 +34,7 @@ def save_checkpoint(model: MultitaskBert, directory: str | Path, settings: dict,
     if staging.exists():
         shutil.rmtree(staging)
     model.encoder.save_pretrained(staging, tokenizer_from=tokenizer_from)
-    heads = {f"{task}.{name}": tensor for task, head in model.heads.items()
-             for name, tensor in head.state_dict().items()}
-    save_tensors(heads, staging / HEADS_FILE)
+    save_tensors(head_tensors(model), staging / HEADS_FILE)
     run = {"tasks": list(model.tasks), "pooling": model.pooling, "pair_encoding": model.pair_encoding,
            "settings": settings, "dev_scores": scores}
     atomic_write_text(staging / RUN_FILE, json.dumps(run, indent=2, default=str) + "\n")
@@ -61,7 +65,7 @@ def load_checkpoint(directory: str | Path, **encoder_overrides) -> tuple[Multita
     encoder = BertModel.from_pretrained(directory, **encoder_overrides)
     model = MultitaskBert(encoder, tasks, pooling=pooling, pair_encoding=pair_encoding)
     heads = read_tensors(directory / HEADS_FILE)
-    expected = {f"{task}.{name}": t for task, head in model.heads.items() for name, t in head.state_dict().items()}
+    expected = head_tensors(model)
     if set(heads) != set(expected):
         raise CheckpointError(f"{directory / HEADS_FILE}: holds heads {sorted(heads)}, expected {sorted(expected)}")
     for key, tensor in heads.items():
