@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=None,
                    help=f"learning rate (default {DEFAULT_LR['pretrain']} for pretrain, {DEFAULT_LR['finetune']} for finetune)")
+    p.add_argument("--head_lr", type=float, default=None,
+                   help="learning rate of the task heads (default: the same as --lr)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--hidden_dropout_prob", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=11711)
@@ -133,7 +135,8 @@ def run(args: argparse.Namespace) -> None:
         encoder.requires_grad_(False)
     model.to(device)
     regularizers = build_regularizers(model, args)
-    settings = TrainSettings(epochs=args.epochs, lr=DEFAULT_LR[args.option] if args.lr is None else args.lr, batch_size=args.batch_size,
+    settings = TrainSettings(epochs=args.epochs, lr=DEFAULT_LR[args.option] if args.lr is None else args.lr,
+                             head_lr=args.head_lr, batch_size=args.batch_size,
                              eval_batch_size=args.eval_batch_size, grad_accum=args.grad_accum,
                              weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
                              max_bad_steps=args.max_bad_steps)

@@ -34,6 +34,7 @@ class TrainSettings:
 
     epochs: int = 4
     lr: float = 5e-5
+    head_lr: float | None = None  # None: the heads train at `lr` like the encoder
     batch_size: int = 32
     eval_batch_size: int = 128
     grad_accum: int = 1
@@ -66,13 +67,23 @@ class EpochRecord:
                 "train_examples": self.train_examples, "skipped_steps": self.skipped_steps, **self.extra}
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> AdamW:
-    """AdamW over the trainable parameters; biases and LayerNorm weights are not decayed."""
-    decay, no_decay = [], []
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head_lr: float | None = None) -> AdamW:
+    """AdamW over the trainable parameters; biases and LayerNorm weights are not decayed.
+
+    Parameters under `heads.` may take their own learning rate: a head starts from random
+    weights, and at the encoder's small rate it learns so slowly that the encoder bends its
+    features to fit it instead (the feature distortion of Kumar et al. 2022).
+    """
+    groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
-    return AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+            decayed = not (param.ndim < 2 or "LayerNorm" in name)
+            is_head = head_lr is not None and name.startswith("heads.")
+            groups.setdefault((decayed, is_head), []).append(param)
+    return AdamW([{"params": params, "weight_decay": weight_decay if decayed else 0.0,
+                   "lr": head_lr if is_head else lr}
+                  for (decayed, is_head), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
+                 lr=lr)
 
 
 def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
@@ -100,7 +111,7 @@ class Trainer:
         self.steps_per_epoch = sum(len(s) for s in self.samplers.values())
         # Every epoch ends with an update, so a partial accumulation group counts as one.
         self.total_updates = settings.epochs * math.ceil(self.steps_per_epoch / settings.grad_accum)
-        self.optimizer = build_optimizer(model, settings.lr, settings.weight_decay)
+        self.optimizer = build_optimizer(model, settings.lr, settings.weight_decay, settings.head_lr)
         self.scheduler = warmup_linear_decay(self.optimizer, int(settings.warmup_ratio * self.total_updates),
                                              self.total_updates)
         self.updates = 0

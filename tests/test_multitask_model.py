@@ -331,3 +331,13 @@ def test_pearson_matches_numpy_and_is_zero_for_constant_input():
     x, y = rng.normal(size=50), rng.normal(size=50)
     assert pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
     assert pearson(np.ones(5), np.arange(5.0)) == 0.0
+
+
+def test_head_lr_gives_the_heads_their_own_rate_and_keeps_decay_rules():
+    model = tiny_model()
+    optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.01, head_lr=2e-3)
+    rate_of = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        decay = 0.0 if name.endswith(".bias") or "LayerNorm" in name else 0.01
+        lr = 2e-3 if name.startswith("heads.") else 1e-4
+        assert rate_of[id(param)] == (lr, decay), name
