@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minbert.atomic import atomic_write_text
 from minbert.optimizer import AdamW
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
@@ -67,6 +69,19 @@ class EpochRecord:
                 "train_examples": self.train_examples, "skipped_steps": self.skipped_steps, **self.extra}
 
 
+@dataclass
+class EpochProgress:
+    """How far the epoch in progress has got: the next step of its plan and its running totals."""
+
+    epoch: int
+    step: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: int = 0
+    seconds: float = 0.0
+    bad_steps_before: int = 0
+
+
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head_lr: float | None = None) -> AdamW:
     """AdamW over the trainable parameters; biases and LayerNorm weights are not decayed.
 
@@ -101,11 +116,15 @@ class Trainer:
     def __init__(self, model: MultitaskBert, train_sets: dict[str, EncodedTask], dev_sets: dict[str, EncodedTask],
                  settings: TrainSettings, device: torch.device, out_dir: Path,
                  on_new_best: Callable[[MultitaskBert, EpochRecord], None] | None = None,
-                 regularizer: Regularizer | None = None, after_update: Callable[[int, int], None] | None = None) -> None:
+                 regularizer: Regularizer | None = None, after_update: Callable[[int, int], None] | None = None,
+                 on_checkpoint: Callable[[Trainer], None] | None = None, save_every: int = 0) -> None:
+        """`on_checkpoint(trainer)` is called every `save_every` updates (0: never mid-epoch) and after
+        each epoch, at a point where the run can be continued exactly from `state_dict()`."""
         self.model = model.to(device)
         self.train_sets, self.dev_sets = train_sets, dev_sets
         self.settings, self.device, self.out_dir = settings, device, Path(out_dir)
         self.on_new_best, self.regularizer, self.after_update = on_new_best, regularizer, after_update
+        self.on_checkpoint, self.save_every = on_checkpoint, save_every
         self.samplers = {name: BucketBatchSampler(ds.lengths(), settings.batch_size, seed=settings.seed)
                          for name, ds in train_sets.items()}
         self.steps_per_epoch = sum(len(s) for s in self.samplers.values())
@@ -117,15 +136,18 @@ class Trainer:
         self.updates = 0
         self.bad_steps = 0
         self.best_mean = -math.inf
+        self.history: list[EpochRecord] = []
+        self.progress: EpochProgress | None = None  # None: at the start of epoch len(history)
 
     def train(self) -> list[EpochRecord]:
-        history = []
+        """Train the remaining epochs (all of them, unless `load_state_dict` restored a partial run)."""
         metrics_file = self.out_dir / "metrics.jsonl"
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics_file.write_text("")
-        for epoch in range(self.settings.epochs):
+        # A resumed run keeps exactly the lines of the epochs its state has finished: one written
+        # after the last saved state is dropped here and written again when its epoch is redone.
+        atomic_write_text(metrics_file, "".join(json.dumps(r.as_json()) + "\n" for r in self.history))
+        for epoch in range(len(self.history), self.settings.epochs):
             record = self.train_epoch(epoch)
-            history.append(record)
+            self.history.append(record)
             with open(metrics_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record.as_json()) + "\n")
             print(format_epoch(record), flush=True)
@@ -133,7 +155,30 @@ class Trainer:
                 self.best_mean = record.dev_mean
                 if self.on_new_best is not None:
                     self.on_new_best(self.model, record)
-        return history
+            self.progress = None
+            self.checkpoint()
+        return self.history
+
+    def checkpoint(self) -> None:
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self)
+
+    def state_dict(self) -> dict:
+        """Where training stands, as plain values and tensors: counters, history, optimiser, schedule.
+
+        Model weights, the teacher and RNG states are not here; `multitask.resume` saves those.
+        """
+        return {"updates": self.updates, "bad_steps": self.bad_steps, "best_mean": self.best_mean,
+                "history": [dataclasses.asdict(r) for r in self.history],
+                "progress": None if self.progress is None else dataclasses.asdict(self.progress),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates, self.bad_steps, self.best_mean = state["updates"], state["bad_steps"], state["best_mean"]
+        self.history = [EpochRecord(**r) for r in state["history"]]
+        self.progress = None if state["progress"] is None else EpochProgress(**state["progress"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
 
     def epoch_plan(self, epoch: int) -> list[tuple[str, list[int]]]:
         """(task, batch indices) for every step of an epoch; tasks that run dry start a new pass."""
@@ -152,13 +197,20 @@ class Trainer:
         return plan
 
     def train_epoch(self, epoch: int) -> EpochRecord:
+        """Run the epoch's plan from `self.progress` (its start unless resumed), then evaluate on dev."""
         self.model.train()
         plan = self.epoch_plan(epoch)
-        sums = {name: 0.0 for name in self.train_sets}
-        counts = {name: 0 for name in self.train_sets}
-        examples, start, skipped_before = 0, time.perf_counter(), self.bad_steps
-        bar = tqdm(plan, desc=f"epoch {epoch + 1}/{self.settings.epochs}", disable=not show_progress())
-        for step, (task, indices) in enumerate(bar):
+        if self.progress is None or self.progress.epoch != epoch:
+            self.progress = EpochProgress(epoch, sums={name: 0.0 for name in self.train_sets},
+                                          counts={name: 0 for name in self.train_sets},
+                                          bad_steps_before=self.bad_steps)
+        progress = self.progress
+        start = time.perf_counter() - progress.seconds
+        bar = tqdm(total=len(plan), initial=progress.step, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
+                   disable=not show_progress())
+        for step in range(progress.step, len(plan)):
+            task, indices = plan[step]
+            bar.update()
             batch = to_device(self.train_sets[task].batch(indices), self.device)
             terms = self.step_terms(task, batch)
             loss = sum(terms.values())
@@ -168,17 +220,25 @@ class Trainer:
             (loss / self.settings.grad_accum).backward()
             for name, value in terms.items():
                 key = task if name == "task" else f"{task}_{name}"
-                sums[key] = sums.get(key, 0.0) + value.item()
-                counts[key] = counts.get(key, 0) + 1
-            examples += len(indices)
+                progress.sums[key] = progress.sums.get(key, 0.0) + value.item()
+                progress.counts[key] = progress.counts.get(key, 0) + 1
+            progress.examples += len(indices)
             if (step + 1) % self.settings.grad_accum == 0 or step + 1 == len(plan):
                 self.update()
+                # Only between updates is there no half-accumulated gradient to carry over. The
+                # epoch's last update is followed by the end-of-epoch checkpoint anyway.
+                if self.save_every and self.updates % self.save_every == 0 and step + 1 < len(plan):
+                    progress.step, progress.seconds = step + 1, time.perf_counter() - start
+                    self.checkpoint()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        seconds = time.perf_counter() - start
+        bar.close()
+        progress.step, progress.seconds = len(plan), time.perf_counter() - start
         dev_scores = self.evaluate()
+        sums, counts = progress.sums, progress.counts
         return EpochRecord(epoch + 1, dev_scores, overall(dev_scores),
-                           {k: sums[k] / counts[k] for k in sums if counts.get(k)}, round(seconds, 1), examples,
-                           self.bad_steps - skipped_before, {"lr": self.scheduler.get_last_lr()[0]})
+                           {k: sums[k] / counts[k] for k in sums if counts.get(k)}, round(progress.seconds, 1),
+                           progress.examples, self.bad_steps - progress.bad_steps_before,
+                           {"lr": self.scheduler.get_last_lr()[0]})
 
     def step_terms(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The loss terms of one batch: the task loss and whatever the regulariser adds."""
