@@ -19,6 +19,7 @@ from multitask.evaluate import predict
 from multitask.model import HEADS, PAIR_ENCODINGS, POOLINGS, MultitaskBert
 from multitask.predictions import write_predictions
 from multitask.regularizers import RegularizerSettings, Regularizers
+from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
 from multitask.runtime import DeviceError, pick_device, seed_everything
 from multitask.schedule import SCHEDULES
 from multitask.train import Trainer, TrainingAborted, TrainSettings, format_epoch
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metrics.jsonl and the best checkpoint (<out_dir>/best) go here")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for --predict_only (default <out_dir>/best)")
     p.add_argument("--predict_only", action="store_true", help="write predictions from --checkpoint without training")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in <out_dir>/resume exactly where it stopped (fresh if none)")
+    p.add_argument("--save_every", type=int, default=200,
+                   help="save the state for --resume every N optimiser updates (0: only at epoch ends)")
     return p
 
 
@@ -115,6 +120,8 @@ def run(args: argparse.Namespace) -> None:
         write_all_predictions(model, load_tokenizer(checkpoint), tasks, args, device, record["settings"]["max_length"])
         return
 
+    if args.save_every < 0:
+        raise SystemExit(f"--save_every must be ≥ 0 (0: save only at epoch ends), got {args.save_every}")
     tokenizer = load_tokenizer(args.pretrained)
     started = time.perf_counter()
     train_sets, dev_sets = {}, {}
@@ -125,6 +132,10 @@ def run(args: argparse.Namespace) -> None:
         train_sets[task] = encode_task(train, tokenizer, spec, args.pair_encoding, args.max_length)
         dev_sets[task] = encode_task(dev, tokenizer, spec, args.pair_encoding, args.max_length)
     log.info("data: %s", ", ".join(f"{t} train {len(train_sets[t])} dev {len(dev_sets[t])}" for t in tasks))
+    lr = DEFAULT_LR[args.option] if args.lr is None else args.lr
+    # Checked before the model loads, so a mismatched state is refused early; after the data is
+    # read, so that a missing or broken data file is reported as such.
+    run_state, saved = open_run_state(args, tasks, device, lr)
 
     # Pad positions never reach a head (mean pooling masks them), so the layers may skip them.
     encoder = BertModel.from_pretrained(args.pretrained, hidden_dropout_prob=args.hidden_dropout_prob,
@@ -135,7 +146,7 @@ def run(args: argparse.Namespace) -> None:
         encoder.requires_grad_(False)
     model.to(device)
     regularizers = build_regularizers(model, args)
-    settings = TrainSettings(epochs=args.epochs, lr=DEFAULT_LR[args.option] if args.lr is None else args.lr,
+    settings = TrainSettings(epochs=args.epochs, lr=lr,
                              head_lr=args.head_lr, batch_size=args.batch_size,
                              eval_batch_size=args.eval_batch_size, grad_accum=args.grad_accum,
                              weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
@@ -147,13 +158,34 @@ def run(args: argparse.Namespace) -> None:
         save_checkpoint(best_model, checkpoint, record_settings, record.as_json(), tokenizer_from=args.pretrained)
         log.info("new best dev mean %.4f: saved %s", record.dev_mean, checkpoint)
 
+    teacher = regularizers.teacher if regularizers else None
     trainer = Trainer(model, train_sets, dev_sets, settings, device, args.out_dir, on_new_best=keep_best,
-                      regularizer=regularizers, after_update=regularizers.after_update if regularizers else None)
+                      regularizer=regularizers, after_update=regularizers.after_update if regularizers else None,
+                      on_checkpoint=lambda t: run_state.save(t, teacher), save_every=args.save_every)
+    if saved is not None:
+        run_state.restore(saved, trainer, teacher)
+        log.info("resuming the run in %s at %s", args.out_dir, position(trainer))
+    elif run_state.exists():
+        # Without --resume a run starts over; an older state left here would later resume the wrong run.
+        log.info("starting a fresh run: discarding the saved state in %s (--resume continues it)",
+                 run_state.directory)
+        run_state.clear()
     history = trainer.train()
     best = max(history, key=lambda r: r.dev_mean)
     print(f"best {format_epoch(best)}; trained in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     model, _ = load_checkpoint(checkpoint, unpad_inputs=True)
     write_all_predictions(model, tokenizer, tasks, args, device, args.max_length)
+
+
+def open_run_state(args: argparse.Namespace, tasks: tuple[str, ...], device: torch.device,
+                   lr: float) -> tuple[RunState, dict | None]:
+    """The run's `<out_dir>/resume` state, and with --resume what it saved (None: nothing to resume)."""
+    data_files = {f"{task}_{split}": getattr(args, f"{task}_{split}") for task in tasks for split in ("train", "dev")}
+    run_state = RunState(args.out_dir / STATE_DIR, run_fingerprint({**vars(args), "lr": lr}, device, data_files))
+    saved = run_state.load() if args.resume else None
+    if args.resume and saved is None:
+        log.info("--resume: no saved state in %s; starting a fresh run", run_state.directory)
+    return run_state, saved
 
 
 def build_regularizers(model: MultitaskBert, args: argparse.Namespace) -> Regularizers | None:
