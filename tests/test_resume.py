@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from minbert import BertModel, CheckpointError
+from multitask.cli import main
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings, Regularizers
 from multitask.resume import STATE_FILE, RunState
 from multitask.train import Trainer, TrainSettings
-from tests.test_pipeline import OUTPUTS, SEED, data_args, output_args, write_tiny_file
+from tests.test_pipeline import DATA, ROWS, SEED, SPLIT_FILES, STEMS, data_args, output_args, write_tiny_file
 from tests.test_smart_training import TINY, tiny_tasks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,3 +176,96 @@ def test_different_settings_are_refused_naming_the_flag(saved_state):
     changed = RunState(saved_state.directory, {**FINGERPRINT, "lr": 2e-3})
     with pytest.raises(CheckpointError, match=r"refusing to resume.*--lr: saved 0\.001, now 0\.002"):
         changed.load()
+
+
+# ------------------------------------------------------------------ the real thing: SIGKILL, then --resume
+
+# Two epochs of 6 steps; with --save_every 2 the saves are numbered 1 (update 2), 2 (update 4),
+# 3 (end of epoch 1), 4 (update 8), 5 (update 10), 6 (end of epoch 2).
+KILL_WHEN_WRITTEN = "weights-000005.safetensors"
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory) -> dict:
+    directory = tmp_path_factory.mktemp("data")
+    files = {}
+    for task, stem in STEMS.items():
+        for split, suffix in SPLIT_FILES.items():
+            files[task, split] = directory / f"{stem}-{suffix}.csv"
+            write_tiny_file(DATA / f"{stem}-{suffix}.csv", files[task, split], ROWS[split])
+    return {"files": files}
+
+
+def start_run(tiny_files: dict, out_dir: Path, *extra: str) -> subprocess.Popen:
+    out_args, _ = output_args(out_dir / "predictions")
+    command = [sys.executable, str(REPO / "multitask_classifier.py"), "--option", "finetune", "--epochs", "2",
+               "--batch_size", "8", "--seed", SEED, "--device", "cpu", *data_args(tiny_files), *out_args,
+               "--out_dir", str(out_dir), *extra]
+    # One thread in every run: a different thread count may change float summation order.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "1"}
+    # Output to a file, not a pipe: nobody reads a pipe while the test polls, and a full one would stall the run.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f"{out_dir.name}.log", "a", encoding="utf-8") as log:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def output_of(process: subprocess.Popen) -> str:
+    out_dir = Path(process.args[process.args.index("--out_dir") + 1])
+    return (out_dir.parent / f"{out_dir.name}.log").read_text(encoding="utf-8")
+
+
+def finish(process: subprocess.Popen) -> str:
+    process.wait(timeout=600)
+    assert process.returncode == 0, output_of(process)[-3000:]
+    return output_of(process)
+
+
+def test_sigkilled_run_resumes_to_byte_identical_predictions_and_scores(tiny_files, tmp_path):
+    reference_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    finish(start_run(tiny_files, reference_dir, "--save_every", "0"))
+
+    # Started with --resume too: with nothing saved yet it must say so and start fresh.
+    process = start_run(tiny_files, run_dir, "--save_every", "2", "--resume")
+    trigger = run_dir / "resume" / KILL_WHEN_WRITTEN
+    deadline = time.monotonic() + 600
+    while not trigger.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended (code {process.returncode}) before it could be killed:\n"
+                        f"{output_of(process)[-3000:]}")
+        assert time.monotonic() < deadline, "no resume state appeared"
+        time.sleep(0.02)
+    # Mid-epoch 2, possibly while state.pt is being written: whichever state is complete must do.
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    first_log = output_of(process)
+    assert "no saved state" in first_log and "starting a fresh run" in first_log
+    _, outputs = output_args(run_dir / "predictions")
+    assert not any(path.exists() for path in outputs.values()), "the run finished before the kill"
+    assert len(metrics_lines(run_dir)) == 1
+
+    # A different --save_every does not change results, so it may differ on resumption.
+    resumed_log = finish(start_run(tiny_files, run_dir, "--save_every", "3", "--resume"))[len(first_log):]
+    assert "resuming the run" in resumed_log and "epoch 2, step" in resumed_log
+
+    _, reference_outputs = output_args(reference_dir / "predictions")
+    for key, path in outputs.items():
+        assert path.read_bytes() == reference_outputs[key].read_bytes(), key
+    assert metrics_lines(run_dir) == metrics_lines(reference_dir)
+    assert [line["epoch"] for line in metrics_lines(run_dir)] == [1, 2]
+    # The best epoch may be one finished before the kill, so compare the final weights as well.
+    assert_same_tensors(final_weights(run_dir), final_weights(reference_dir))
+
+    # Resuming with a setting that changes results is refused before any training, naming the flag.
+    out_args, _ = output_args(run_dir / "predictions")
+    with pytest.raises(SystemExit) as refused:
+        main(["--option", "finetune", "--epochs", "2", "--batch_size", "8", "--seed", SEED, "--device", "cpu",
+              *data_args(tiny_files), *out_args, "--out_dir", str(run_dir), "--resume", "--lr", "1e-4"])
+    message = str(refused.value.code)
+    assert "refusing to resume" in message and "--lr: saved 5e-05, now 0.0001" in message
+    assert "\n" not in message
+
+
+def final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(out_dir / "resume" / STATE_FILE, weights_only=True)
+    return load_file(str(out_dir / "resume" / state["weights"]))
