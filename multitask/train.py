@@ -267,7 +267,7 @@ class Trainer:
         accumulation group are kept.
         """
         self.bad_steps += 1
-        values = {k: float(v) for k, v in terms.items()}
+        values = {k: float(v.detach()) for k, v in terms.items()}
         log.warning("skipped a %s step with a non-finite loss %s (%d skipped so far)", task, values, self.bad_steps)
         if self.bad_steps > self.settings.max_bad_steps:
             raise TrainingAborted(f"{self.bad_steps} steps had non-finite losses (limit --max_bad_steps "

@@ -143,6 +143,20 @@ def test_truncation_to_max_length(tokenizer) -> None:
     assert len(encode_task(long, tokenizer, SST, max_length=16).input_ids[0]) == 16
 
 
+def test_sentence_longer_than_the_models_positions_is_truncated_to_fit(tokenizer) -> None:
+    from minbert import BertModel
+    model = BertModel.from_pretrained()
+    positions = model.config.max_position_embeddings
+    # Even when --max_length asks for more than the model has positions.
+    encoded = encode_task([SentenceExample("x", "word " * (positions + 100), 1)], tokenizer, SST,
+                          max_length=2 * positions)
+    assert len(encoded.input_ids[0]) == positions
+    batch = encoded.batch([0])
+    with torch.no_grad():
+        out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    assert out["last_hidden_state"].shape == (1, positions, model.config.hidden_size)
+
+
 def test_unlabelled_dataset_has_no_labels(tokenizer) -> None:
     test = encode_task([SentenceExample("t1", "fine"), SentenceExample("t2", "")], tokenizer, SST)
     assert test.labels is None and "labels" not in test.batch([0, 1])

@@ -197,3 +197,19 @@ def test_missing_training_file_exits_naming_it(tiny_data, tmp_path):
               "--sst_train", str(missing), *out_args, "--out_dir", str(tmp_path / "run")])
     assert str(missing) in str(excinfo.value.code)
     assert not any(path.exists() for path in outputs.values())
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("empty.csv", b"", "empty file"),
+    ("comma.csv", b",id,sentence,sentiment\n0,a1,good film,3\n", "not tab-separated"),
+    ("latin1.csv", b"\tid\tsentence\tsentiment\n0\ta1\tcaf\xe9 au lait\t3\n", "not valid UTF-8"),
+])
+def test_unusable_training_file_exits_with_one_line_naming_it(tiny_data, tmp_path, name, content, reason):
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    out_args, _ = output_args(tmp_path / "predictions")
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--option", "finetune", "--device", "cpu", *data_args(tiny_data), "--sst_train", str(bad), *out_args,
+              "--out_dir", str(tmp_path / "run")])
+    message = str(excinfo.value.code)
+    assert message.startswith(f"error: {bad}: ") and reason in message and "\n" not in message
