@@ -140,6 +140,19 @@ def test_only_the_current_state_is_kept_on_disk(tmp_path):
     assert sorted(p.name for p in run_state.directory.iterdir()) == sorted([STATE_FILE, state["weights"]])
 
 
+def test_pending_gradients_are_saved_and_restored(tmp_path):
+    # A skipped non-finite step at the end of an accumulation group leaves gradients for the next update.
+    trainer, run_state, _ = tiny_trainer(tmp_path, smart=False)
+    pending = {name: torch.randn_like(p) for name, p in list(trainer.model.named_parameters())[:3]}
+    for name, p in trainer.model.named_parameters():
+        p.grad = pending.get(name)
+    run_state.save(trainer)
+    fresh, _, _ = tiny_trainer(tmp_path, smart=False, init_seed=5)
+    run_state.restore(run_state.load(), fresh)
+    restored = {name: p.grad for name, p in fresh.model.named_parameters() if p.grad is not None}
+    assert_same_tensors(restored, pending)
+
+
 # ---------------------------------------------------------------------------------- broken or foreign state
 
 @pytest.fixture
