@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run saved in <out_dir>/resume exactly where it stopped (fresh if none)")
     p.add_argument("--save_every", type=int, default=200,
                    help="save the state for --resume every N optimiser updates (0: only at epoch ends)")
+    # For quick checks and ablation smoke runs, where scoring the full dev sets and writing test
+    # predictions would take longer than the training itself.
+    p.add_argument("--dev_limit", type=int, default=None,
+                   help="score each epoch on at most N dev examples per task (prediction files stay complete)")
+    p.add_argument("--skip_predictions", action="store_true", help="train and evaluate, write no prediction files")
     return p
 
 
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> None:
     for task in tasks:
         spec, _ = TASK_DATA[task]
         train = spec.read(getattr(args, f"{task}_train")).examples[: args.train_limit]
-        dev = spec.read(getattr(args, f"{task}_dev")).examples
+        dev = spec.read(getattr(args, f"{task}_dev")).examples[: args.dev_limit]
         train_sets[task] = encode_task(train, tokenizer, spec, args.pair_encoding, args.max_length)
         dev_sets[task] = encode_task(dev, tokenizer, spec, args.pair_encoding, args.max_length)
     log.info("data: %s", ", ".join(f"{t} train {len(train_sets[t])} dev {len(dev_sets[t])}" for t in tasks))
@@ -173,6 +178,8 @@ def run(args: argparse.Namespace) -> None:
     history = trainer.train()
     best = max(history, key=lambda r: r.dev_mean)
     print(f"best {format_epoch(best)}; trained in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    if args.skip_predictions:
+        return
     model, _ = load_checkpoint(checkpoint, unpad_inputs=True)
     write_all_predictions(model, tokenizer, tasks, args, device, args.max_length)
 
