@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from minbert.optimizer import AdamW
@@ -67,6 +68,28 @@ class EpochRecord:
                 "train_examples": self.train_examples, "skipped_steps": self.skipped_steps, **self.extra}
 
 
+class StepLoss(nn.Module):
+    """One training step's loss terms as a module: the task loss and whatever the regulariser adds.
+
+    The step goes through `embed`/`predict_from_embeddings` rather than the model's `forward`, so
+    SMART can perturb the embeddings in between. Wrapping the whole step in one module's `forward`
+    is what lets DistributedDataParallel see every parameter the step uses (multitask/distributed.py).
+    """
+
+    def __init__(self, model: MultitaskBert, regularizer: Regularizer | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.regularizer = regularizer
+
+    def forward(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        embeddings, mask = self.model.embed(task, batch)
+        output = self.model.predict_from_embeddings(task, embeddings, mask)
+        terms = {"task": task_loss(task, output, batch["labels"])}
+        if self.regularizer is not None:
+            terms.update(self.regularizer(self.model, task, batch, embeddings, mask, output))
+        return terms
+
+
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head_lr: float | None = None) -> AdamW:
     """AdamW over the trainable parameters; biases and LayerNorm weights are not decayed.
 
@@ -96,7 +119,13 @@ def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, tot
 
 
 class Trainer:
-    """Trains a MultitaskBert on several tasks at once and evaluates it on their dev sets each epoch."""
+    """Trains a MultitaskBert on several tasks at once and evaluates it on their dev sets each epoch.
+
+    `on_new_best` is called in every process of a distributed run; it decides who writes.
+    """
+
+    # Whether this process writes metrics and prints; ParallelTrainer sets it for rank 0 only.
+    is_main = True
 
     def __init__(self, model: MultitaskBert, train_sets: dict[str, EncodedTask], dev_sets: dict[str, EncodedTask],
                  settings: TrainSettings, device: torch.device, out_dir: Path,
@@ -106,6 +135,7 @@ class Trainer:
         self.train_sets, self.dev_sets = train_sets, dev_sets
         self.settings, self.device, self.out_dir = settings, device, Path(out_dir)
         self.on_new_best, self.regularizer, self.after_update = on_new_best, regularizer, after_update
+        self.loss_terms: nn.Module = StepLoss(self.model, regularizer)
         self.samplers = {name: BucketBatchSampler(ds.lengths(), settings.batch_size, seed=settings.seed)
                          for name, ds in train_sets.items()}
         self.steps_per_epoch = sum(len(s) for s in self.samplers.values())
@@ -121,14 +151,16 @@ class Trainer:
     def train(self) -> list[EpochRecord]:
         history = []
         metrics_file = self.out_dir / "metrics.jsonl"
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics_file.write_text("")
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            metrics_file.write_text("")
         for epoch in range(self.settings.epochs):
             record = self.train_epoch(epoch)
             history.append(record)
-            with open(metrics_file, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record.as_json()) + "\n")
-            print(format_epoch(record), flush=True)
+            if self.is_main:
+                with open(metrics_file, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record.as_json()) + "\n")
+                print(format_epoch(record), flush=True)
             if record.dev_mean > self.best_mean:
                 self.best_mean = record.dev_mean
                 if self.on_new_best is not None:
@@ -159,36 +191,41 @@ class Trainer:
         examples, start, skipped_before = 0, time.perf_counter(), self.bad_steps
         bar = tqdm(plan, desc=f"epoch {epoch + 1}/{self.settings.epochs}", disable=not show_progress())
         for step, (task, indices) in enumerate(bar):
-            batch = to_device(self.train_sets[task].batch(indices), self.device)
-            terms = self.step_terms(task, batch)
+            terms, reported = self.run_step(task, indices)
             loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                self.skip_step(task, terms)
+            # Decided on the reported terms, which every process of a distributed run shares, so
+            # all of them skip the same steps.
+            if not torch.isfinite(sum(reported.values())):
+                self.skip_step(task, reported)
                 continue
             (loss / self.settings.grad_accum).backward()
-            for name, value in terms.items():
+            for name, value in reported.items():
                 key = task if name == "task" else f"{task}_{name}"
                 sums[key] = sums.get(key, 0.0) + value.item()
                 counts[key] = counts.get(key, 0) + 1
             examples += len(indices)
             if (step + 1) % self.settings.grad_accum == 0 or step + 1 == len(plan):
                 self.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.set_postfix(loss=f"{sum(reported.values()).item():.3f}", refresh=False)
         seconds = time.perf_counter() - start
         dev_scores = self.evaluate()
         return EpochRecord(epoch + 1, dev_scores, overall(dev_scores),
                            {k: sums[k] / counts[k] for k in sums if counts.get(k)}, round(seconds, 1), examples,
                            self.bad_steps - skipped_before, {"lr": self.scheduler.get_last_lr()[0]})
 
+    def run_step(self, task: str, indices: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(terms to backpropagate, terms to report) for the batch at these dataset positions.
+
+        In one process they are the same; ParallelTrainer computes this process's share of the
+        batch and reports the terms of the whole batch.
+        """
+        terms = self.step_terms(task, to_device(self.train_sets[task].batch(indices), self.device))
+        return terms, terms
+
     def step_terms(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The loss terms of one batch: the task loss and whatever the regulariser adds."""
         with autocast(self.device):
-            embeddings, mask = self.model.embed(task, batch)
-            output = self.model.predict_from_embeddings(task, embeddings, mask)
-            terms = {"task": task_loss(task, output, batch["labels"])}
-            if self.regularizer is not None:
-                terms.update(self.regularizer(self.model, task, batch, embeddings, mask, output))
-        return terms
+            return self.loss_terms(task, batch)
 
     def update(self) -> None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
