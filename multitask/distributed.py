@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun: process group, per-rank batch shards, a DDP-wrapped step, gathered dev scores."""
+"""Data-parallel training under torchrun: process group, per-rank batch shards, DDP step, gathered dev scores."""
 
 from __future__ import annotations
 
