@@ -15,14 +15,16 @@ from minbert import BertModel, CheckpointError, load_tokenizer
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.data import PARA, SST, STS, DataError
+from multitask.distributed import (DistributedError, dump_final_state, global_batch_size, is_main_process,
+                                   make_trainer, reseed_ranks_after_resume, start, stop)
 from multitask.evaluate import predict
 from multitask.model import HEADS, PAIR_ENCODINGS, POOLINGS, MultitaskBert
 from multitask.predictions import write_predictions
 from multitask.regularizers import RegularizerSettings, Regularizers
 from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
-from multitask.runtime import DeviceError, pick_device, seed_everything
+from multitask.runtime import DeviceError, seed_everything
 from multitask.schedule import SCHEDULES
-from multitask.train import Trainer, TrainingAborted, TrainSettings, format_epoch
+from multitask.train import TrainingAborted, TrainSettings, format_epoch
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 TASK_DATA = {"sst": (SST, "ids-sst"), "para": (PARA, "quora"), "sts": (STS, "sts")}
@@ -40,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"learning rate (default {DEFAULT_LR['pretrain']} for pretrain, {DEFAULT_LR['finetune']} for finetune)")
     p.add_argument("--head_lr", type=float, default=None,
                    help="learning rate of the task heads (default: the same as --lr)")
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=int, default=32, help="examples per step in each process")
+    p.add_argument("--global_batch_size", type=int, default=None,
+                   help="examples per step over all torchrun processes, split evenly between them "
+                        "(default: --batch_size × processes)")
     p.add_argument("--hidden_dropout_prob", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=11711)
     p.add_argument("--use_gpu", action="store_true", help="train on CUDA (same as --device cuda)")
@@ -107,19 +112,26 @@ def parse_tasks(text: str) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Under torchrun the other ranks would only repeat rank 0's progress lines.
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         run(args)
-    except (DataError, CheckpointError, TrainingAborted, DeviceError) as err:
+    except (DataError, CheckpointError, TrainingAborted, DeviceError, DistributedError) as err:
         sys.exit(f"error: {err}")
+    finally:
+        stop()
 
 
 def run(args: argparse.Namespace) -> None:
     tasks = parse_tasks(args.tasks)
-    device = pick_device(args.device, args.use_gpu)
+    env, device = start(args.device, args.use_gpu)
+    # The same seed on every rank: identical data, epoch plan and model initialisation.
     seed_everything(args.seed)
     checkpoint = args.checkpoint or args.out_dir / "best"
     if args.predict_only:
+        if not env.is_main:
+            return
         model, record = load_checkpoint(checkpoint, unpad_inputs=True)
         tasks = tuple(t for t in tasks if t in model.tasks)
         write_all_predictions(model, load_tokenizer(checkpoint), tasks, args, device, record["settings"]["max_length"])
@@ -151,31 +163,45 @@ def run(args: argparse.Namespace) -> None:
         encoder.requires_grad_(False)
     model.to(device)
     regularizers = build_regularizers(model, args)
-    settings = TrainSettings(epochs=args.epochs, lr=lr,
-                             head_lr=args.head_lr, batch_size=args.batch_size,
+    settings = TrainSettings(epochs=args.epochs, lr=lr, head_lr=args.head_lr,
+                             batch_size=global_batch_size(args.batch_size, args.global_batch_size, env.world_size),
                              eval_batch_size=args.eval_batch_size, grad_accum=args.grad_accum,
                              weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
                              max_bad_steps=args.max_bad_steps)
     record_settings = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                       **dataclasses.asdict(settings)}
+                       **dataclasses.asdict(settings), "world_size": env.world_size}
 
     def keep_best(best_model: MultitaskBert, record) -> None:
-        save_checkpoint(best_model, checkpoint, record_settings, record.as_json(), tokenizer_from=args.pretrained)
-        log.info("new best dev mean %.4f: saved %s", record.dev_mean, checkpoint)
+        if env.is_main:
+            save_checkpoint(best_model, checkpoint, record_settings, record.as_json(), tokenizer_from=args.pretrained)
+            log.info("new best dev mean %.4f: saved %s", record.dev_mean, checkpoint)
+        env.barrier()
 
     teacher = regularizers.teacher if regularizers else None
-    trainer = Trainer(model, train_sets, dev_sets, settings, device, args.out_dir, on_new_best=keep_best,
-                      regularizer=regularizers, after_update=regularizers.after_update if regularizers else None,
-                      on_checkpoint=lambda t: run_state.save(t, teacher), save_every=args.save_every)
+
+    def save_state(trainer) -> None:
+        if env.is_main:
+            run_state.save(trainer, teacher)
+        env.barrier()
+
+    trainer = make_trainer(env, model, train_sets, dev_sets, settings, device, args.out_dir, on_new_best=keep_best,
+                           regularizer=regularizers, after_update=regularizers.after_update if regularizers else None,
+                           on_checkpoint=save_state, save_every=args.save_every)
     if saved is not None:
+        # Every process reads the same state; under torchrun the RNG states saved are rank 0's.
         run_state.restore(saved, trainer, teacher)
+        reseed_ranks_after_resume(env, args.seed, trainer.updates)
         log.info("resuming the run in %s at %s", args.out_dir, position(trainer))
-    elif run_state.exists():
+    elif run_state.exists() and env.is_main:
         # Without --resume a run starts over; an older state left here would later resume the wrong run.
         log.info("starting a fresh run: discarding the saved state in %s (--resume continues it)",
                  run_state.directory)
         run_state.clear()
+    env.barrier()
     history = trainer.train()
+    dump_final_state(model, regularizers, env)
+    if not env.is_main:
+        return
     best = max(history, key=lambda r: r.dev_mean)
     print(f"best {format_epoch(best)}; trained in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     if args.skip_predictions:

@@ -16,8 +16,12 @@ from multitask.runtime import autocast, show_progress, to_device
 @torch.no_grad()
 def predict(model: MultitaskBert, dataset: EncodedTask, batch_size: int, device: torch.device) -> torch.Tensor:
     """Final predictions in dataset order: class ids (sst), 0/1 (para), scores clamped to [0, 5] (sts)."""
-    outputs = raw_outputs(model, dataset, batch_size, device)
-    kind = HEADS[dataset.name].kind
+    return to_predictions(dataset.name, raw_outputs(model, dataset, batch_size, device))
+
+
+def to_predictions(task: str, outputs: torch.Tensor) -> torch.Tensor:
+    """Head outputs turned into what is scored and written: class ids, 0/1 or clamped scores."""
+    kind = HEADS[task].kind
     if kind == "multiclass":
         return outputs.argmax(-1)
     if kind == "binary":
@@ -28,9 +32,20 @@ def predict(model: MultitaskBert, dataset: EncodedTask, batch_size: int, device:
 @torch.no_grad()
 def raw_outputs(model: MultitaskBert, dataset: EncodedTask, batch_size: int, device: torch.device) -> torch.Tensor:
     """Head outputs (logits or scores) for every example, in dataset order."""
+    outputs, order = batch_outputs(model, dataset, sorted_batches(dataset.lengths(), batch_size), device)
+    return restore_order(torch.cat(order), torch.cat(outputs))
+
+
+@torch.no_grad()
+def batch_outputs(model: MultitaskBert, dataset: EncodedTask, batches: list[list[int]],
+                  device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(head outputs, dataset positions) of each of these batches, on the CPU, in eval mode.
+
+    Split from `raw_outputs` so that processes of a distributed run can each compute a share of
+    the same batches and gather them: identical batches give identical outputs.
+    """
     was_training = model.training
     model.eval()
-    batches = sorted_batches(dataset.lengths(), batch_size)
     outputs, order = [], []
     for indices in tqdm(batches, desc=f"eval {dataset.name}", leave=False, disable=not show_progress()):
         batch = to_device(dataset.batch(indices), device)
@@ -38,7 +53,7 @@ def raw_outputs(model: MultitaskBert, dataset: EncodedTask, batch_size: int, dev
             outputs.append(model(dataset.name, batch).float().cpu())
         order.append(batch["index"].cpu())
     model.train(was_training)
-    return restore_order(torch.cat(order), torch.cat(outputs))
+    return outputs, order
 
 
 def score(task: str, predictions: torch.Tensor, labels: torch.Tensor) -> float:

@@ -33,8 +33,12 @@ def seed_everything(seed: int) -> None:
 
 
 def show_progress() -> bool:
-    """tqdm bars only for a person at a terminal: not when piped, logged or under CI."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
+    """tqdm bars only for a person at a terminal: not when piped, logged or under CI.
+
+    Under torchrun only rank 0 draws: every process shares the terminal, and N interleaved bars
+    are unreadable. (RANK is read here directly so this module needs no distributed import.)
+    """
+    return sys.stderr.isatty() and not os.environ.get("CI") and os.environ.get("RANK", "0") == "0"
 
 
 def autocast(device: torch.device):

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from minbert.atomic import atomic_write_text
@@ -82,6 +83,28 @@ class EpochProgress:
     bad_steps_before: int = 0
 
 
+class StepLoss(nn.Module):
+    """One training step's loss terms as a module: the task loss and whatever the regulariser adds.
+
+    The step goes through `embed`/`predict_from_embeddings` rather than the model's `forward`, so
+    SMART can perturb the embeddings in between. Wrapping the whole step in one module's `forward`
+    is what lets DistributedDataParallel see every parameter the step uses (multitask/distributed.py).
+    """
+
+    def __init__(self, model: MultitaskBert, regularizer: Regularizer | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.regularizer = regularizer
+
+    def forward(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        embeddings, mask = self.model.embed(task, batch)
+        output = self.model.predict_from_embeddings(task, embeddings, mask)
+        terms = {"task": task_loss(task, output, batch["labels"])}
+        if self.regularizer is not None:
+            terms.update(self.regularizer(self.model, task, batch, embeddings, mask, output))
+        return terms
+
+
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head_lr: float | None = None) -> AdamW:
     """AdamW over the trainable parameters; biases and LayerNorm weights are not decayed.
 
@@ -111,7 +134,13 @@ def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, tot
 
 
 class Trainer:
-    """Trains a MultitaskBert on several tasks at once and evaluates it on their dev sets each epoch."""
+    """Trains a MultitaskBert on several tasks at once and evaluates it on their dev sets each epoch.
+
+    `on_new_best` is called in every process of a distributed run; it decides who writes.
+    """
+
+    # Whether this process writes metrics and prints; ParallelTrainer sets it for rank 0 only.
+    is_main = True
 
     def __init__(self, model: MultitaskBert, train_sets: dict[str, EncodedTask], dev_sets: dict[str, EncodedTask],
                  settings: TrainSettings, device: torch.device, out_dir: Path,
@@ -125,6 +154,7 @@ class Trainer:
         self.settings, self.device, self.out_dir = settings, device, Path(out_dir)
         self.on_new_best, self.regularizer, self.after_update = on_new_best, regularizer, after_update
         self.on_checkpoint, self.save_every = on_checkpoint, save_every
+        self.loss_terms: nn.Module = StepLoss(self.model, regularizer)
         self.samplers = {name: BucketBatchSampler(ds.lengths(), settings.batch_size, seed=settings.seed)
                          for name, ds in train_sets.items()}
         self.steps_per_epoch = sum(len(s) for s in self.samplers.values())
@@ -144,13 +174,15 @@ class Trainer:
         metrics_file = self.out_dir / "metrics.jsonl"
         # A resumed run keeps exactly the lines of the epochs its state has finished: one written
         # after the last saved state is dropped here and written again when its epoch is redone.
-        atomic_write_text(metrics_file, "".join(json.dumps(r.as_json()) + "\n" for r in self.history))
+        if self.is_main:
+            atomic_write_text(metrics_file, "".join(json.dumps(r.as_json()) + "\n" for r in self.history))
         for epoch in range(len(self.history), self.settings.epochs):
             record = self.train_epoch(epoch)
             self.history.append(record)
-            with open(metrics_file, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record.as_json()) + "\n")
-            print(format_epoch(record), flush=True)
+            if self.is_main:
+                with open(metrics_file, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record.as_json()) + "\n")
+                print(format_epoch(record), flush=True)
             if record.dev_mean > self.best_mean:
                 self.best_mean = record.dev_mean
                 if self.on_new_best is not None:
@@ -211,14 +243,15 @@ class Trainer:
         for step in range(progress.step, len(plan)):
             task, indices = plan[step]
             bar.update()
-            batch = to_device(self.train_sets[task].batch(indices), self.device)
-            terms = self.step_terms(task, batch)
+            terms, reported = self.run_step(task, indices)
             loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                self.skip_step(task, terms)
+            # Decided on the reported terms, which every process of a distributed run shares, so
+            # all of them skip the same steps.
+            if not torch.isfinite(sum(reported.values())):
+                self.skip_step(task, reported)
                 continue
             (loss / self.settings.grad_accum).backward()
-            for name, value in terms.items():
+            for name, value in reported.items():
                 key = task if name == "task" else f"{task}_{name}"
                 progress.sums[key] = progress.sums.get(key, 0.0) + value.item()
                 progress.counts[key] = progress.counts.get(key, 0) + 1
@@ -230,7 +263,7 @@ class Trainer:
                 if self.save_every and self.updates % self.save_every == 0 and step + 1 < len(plan):
                     progress.step, progress.seconds = step + 1, time.perf_counter() - start
                     self.checkpoint()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.set_postfix(loss=f"{sum(reported.values()).item():.3f}", refresh=False)
         bar.close()
         progress.step, progress.seconds = len(plan), time.perf_counter() - start
         dev_scores = self.evaluate()
@@ -240,15 +273,19 @@ class Trainer:
                            progress.examples, self.bad_steps - progress.bad_steps_before,
                            {"lr": self.scheduler.get_last_lr()[0]})
 
+    def run_step(self, task: str, indices: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(terms to backpropagate, terms to report) for the batch at these dataset positions.
+
+        In one process they are the same; ParallelTrainer computes this process's share of the
+        batch and reports the terms of the whole batch.
+        """
+        terms = self.step_terms(task, to_device(self.train_sets[task].batch(indices), self.device))
+        return terms, terms
+
     def step_terms(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The loss terms of one batch: the task loss and whatever the regulariser adds."""
         with autocast(self.device):
-            embeddings, mask = self.model.embed(task, batch)
-            output = self.model.predict_from_embeddings(task, embeddings, mask)
-            terms = {"task": task_loss(task, output, batch["labels"])}
-            if self.regularizer is not None:
-                terms.update(self.regularizer(self.model, task, batch, embeddings, mask, output))
-        return terms
+            return self.loss_terms(task, batch)
 
     def update(self) -> None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]

@@ -1,0 +1,183 @@
+"""Data-parallel training: two gloo processes under torchrun match one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minbert import BertModel
+from minbert.paths import default_checkpoint_dir
+from multitask.cli import main
+from multitask.distributed import DUMP_ENV, DistEnv, DistributedError, global_batch_size, shard
+from tests.test_pipeline import SEED, SPLIT_FILES, STEMS, check_predictions, data_args, output_args, write_tiny_file
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+ROWS = {"train": 8, "dev": 8, "test": 4}
+PER_RANK_BATCH = 2
+RANKS = 2
+
+
+# ------------------------------------------------------------------------------------------- pure helpers
+
+def test_shards_are_strided_and_weighted_to_the_global_mean():
+    assert shard([10, 11, 12, 13], 0, 2) == ([10, 12], 1.0)
+    assert shard([10, 11, 12, 13], 1, 2) == ([11, 13], 1.0)
+    # An uneven last batch: weights n_r·W/N make the ranks' average the mean over all N examples.
+    assert shard([10, 11, 12], 0, 2) == ([10, 12], 4 / 3)
+    assert shard([10, 11, 12], 1, 2) == ([11], 2 / 3)
+    # A rank with nothing to do still runs the step (DDP needs every rank) on one example, weight 0.
+    assert shard([10], 1, 2) == ([10], 0.0)
+
+
+def test_global_batch_defaults_to_per_process_batch_times_world_and_must_split_evenly():
+    assert global_batch_size(8, None, 1) == 8
+    assert global_batch_size(8, None, 4) == 32
+    assert global_batch_size(8, 12, 4) == 12
+    with pytest.raises(DistributedError, match="multiple of 4"):
+        global_batch_size(8, 10, 4)
+
+
+def test_environment_without_torchrun_is_one_process_and_bad_values_are_named():
+    assert DistEnv.from_environ({}) == DistEnv(0, 1, 0)
+    assert DistEnv.from_environ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == DistEnv(3, 4, 1)
+    with pytest.raises(DistributedError, match="RANK"):
+        DistEnv.from_environ({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    with pytest.raises(DistributedError, match="torchrun"):
+        DistEnv.from_environ({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """Tiny course files, and a copy of the packaged model with every dropout off.
+
+    `--hidden_dropout_prob 0` leaves attention dropout at the checkpoint's 0.1, and dropout masks
+    differ between one process and two, so the comparison needs it off in config.json too.
+    """
+    directory = tmp_path_factory.mktemp("data")
+    files, ids = {}, {}
+    for task, stem in STEMS.items():
+        for split, suffix in SPLIT_FILES.items():
+            files[task, split] = directory / f"{stem}-{suffix}.csv"
+            ids[task, split] = write_tiny_file(DATA / f"{stem}-{suffix}.csv", files[task, split], ROWS[split])
+    model = tmp_path_factory.mktemp("no_dropout_model")
+    source = default_checkpoint_dir()
+    for item in source.iterdir():
+        if item.is_file() and item.name != "config.json":
+            (model / item.name).symlink_to(item)
+    config = json.loads((source / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config))
+    return {"files": files, "ids": ids, "model": model}
+
+
+def run_args(tiny: dict, out_dir: Path, *extra: str) -> tuple[list[str], dict]:
+    out_args, outputs = output_args(out_dir / "predictions")
+    # Small eval batches, so dev evaluation is really dealt out over both ranks (8 rows → 2 per task).
+    return ["--option", "finetune", "--epochs", "1", "--seed", SEED, "--device", "cpu", "--eval_batch_size", "4",
+            *data_args(tiny), *out_args, "--out_dir", str(out_dir), *extra], outputs
+
+
+def torchrun(args: list[str], dump: Path) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 multitask_classifier.py ARGS` (python -m keeps it on this venv)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1", DUMP_ENV: str(dump)}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node", str(RANKS), "multitask_classifier.py", *args],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def load_dump(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
+
+
+def metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# Every shard must hold the same number of examples for the single-process comparison: each
+# rank's loss is a mean over its own shard and DDP averages the ranks' gradients, which is the
+# mean over the global batch only when the shards are equal. Uneven shards are re-weighted by
+# n_r·W/N (multitask.distributed.shard), exact in arithmetic but a different float computation;
+# 8 training rows in global batches of 2 × 2 keep every weight exactly 1, so the comparison
+# checks DDP's gradient averaging itself. (The SMART run below takes the uneven path.)
+PLAIN = ("--train_limit", "8", "--pretrained")
+
+
+@pytest.fixture(scope="module")
+def single_run(tiny, tmp_path_factory) -> dict:
+    out_dir = tmp_path_factory.mktemp("single")
+    args, _ = run_args(tiny, out_dir, *PLAIN, str(tiny["model"]), "--hidden_dropout_prob", "0",
+                       "--batch_size", str(PER_RANK_BATCH * RANKS))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process has; also keeps the shared machine free
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(DUMP_ENV, str(out_dir / "dump"))
+            patch.setenv("CI", "1")
+            main(args)
+    finally:
+        torch.set_num_threads(threads)
+    return {"out_dir": out_dir, "state": load_dump(out_dir / "dump" / "rank0.safetensors", "student.")}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny, tmp_path_factory) -> dict:
+    out_dir = tmp_path_factory.mktemp("ddp")
+    args, outputs = run_args(tiny, out_dir, *PLAIN, str(tiny["model"]), "--hidden_dropout_prob", "0",
+                             "--batch_size", str(PER_RANK_BATCH))
+    result = torchrun(args, out_dir / "dump")
+    return {"out_dir": out_dir, "outputs": outputs, "log": result.stdout + result.stderr,
+            "states": [load_dump(out_dir / "dump" / f"rank{r}.safetensors", "student.") for r in range(RANKS)]}
+
+
+def test_two_processes_end_with_the_weights_of_one_process_with_the_same_global_batch(single_run, ddp_run):
+    reference = single_run["state"]
+    for rank, state in enumerate(ddp_run["states"]):
+        assert state.keys() == reference.keys()
+        worst = max((state[k] - reference[k]).abs().max().item() for k in reference)
+        assert worst <= 1e-5, f"rank {rank}: max abs weight difference {worst:.2e}"
+    # Both ranks applied the same averaged update to the same weights: identical, not just close.
+    assert all(torch.equal(ddp_run["states"][0][k], ddp_run["states"][1][k]) for k in reference)
+    # Training moved the encoder, which is what makes the comparison mean something.
+    initial = BertModel.from_pretrained().state_dict()
+    assert any(not torch.equal(reference[f"encoder.{k}"], v) for k, v in initial.items())
+
+
+def test_two_processes_log_global_batch_losses_and_single_process_dev_scores(single_run, ddp_run):
+    (single,), (ddp,) = metrics(single_run["out_dir"]), metrics(ddp_run["out_dir"])  # one line each: rank 0 only
+    assert ddp["train_examples"] == single["train_examples"] == 3 * 8
+    for key in ("loss_sst", "loss_para", "loss_sts"):
+        assert ddp[key] == pytest.approx(single[key], rel=1e-4), key
+    for key in ("dev_sst", "dev_para", "dev_sts"):
+        assert ddp[key] == pytest.approx(single[key], abs=1e-4), key
+    run = json.loads((ddp_run["out_dir"] / "best" / "run.json").read_text())
+    assert run["settings"]["world_size"] == RANKS and run["settings"]["batch_size"] == PER_RANK_BATCH * RANKS
+
+
+def test_only_rank_0_writes_the_six_prediction_files(ddp_run, tiny):
+    check_predictions(ddp_run, tiny)
+    assert ddp_run["log"].count("INFO multitask: wrote ") == 6, ddp_run["log"][-3000:]
+
+
+def test_smart_teacher_stays_identical_on_both_ranks(tiny, tmp_path):
+    # 5 rows in global batches of 4: the second batch has one example, so rank 1 runs that step
+    # on a weight-0 stand-in. Dropout stays on, and each rank draws its own masks and SMART noise.
+    args, _ = run_args(tiny, tmp_path, "--smart", "--train_limit", "5", "--batch_size", str(PER_RANK_BATCH))
+    torchrun(args, tmp_path / "dump")
+    dumps = [load_file(str(tmp_path / "dump" / f"rank{r}.safetensors")) for r in range(RANKS)]
+    teacher_keys = [k for k in dumps[0] if k.startswith("teacher.")]
+    assert teacher_keys and dumps[0].keys() == dumps[1].keys()
+    assert all(torch.equal(dumps[0][k], dumps[1][k]) for k in dumps[0])
+    # The teacher trails the student (an EMA), so the dump holds two different models.
+    assert any(not torch.equal(dumps[0][k], dumps[0]["student." + k[len("teacher."):]]) for k in teacher_keys)
