@@ -55,6 +55,15 @@ class PretrainSettings:
     eval_mask_seed: int = 1234
     max_bad_steps: int = 20
 
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "eval_batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if not 0.0 < self.mask_probability < 1.0:
+            raise ValueError(f"mask_probability must be in (0, 1), got {self.mask_probability}")
+
     def total_steps(self, rows: int) -> int:
         if self.epochs is None:
             return self.max_steps

@@ -36,13 +36,16 @@ from multitask.runtime import DeviceError, pick_device, seed_everything, show_pr
 DATA = Path(__file__).resolve().parent.parent / "data"
 METRICS_FILE = "mlm_metrics.jsonl"
 RUN_FILE = "pretrain_run.json"
-DEFAULT_MAX_STEPS = PretrainSettings.max_steps
 
 log = logging.getLogger("pretrain_mlm")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the usage examples' line breaks and shows every flag's default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pretrained", type=Path, default=None,
                    help="Hugging Face style BERT directory to start from (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--out_dir", type=Path, default=Path("runs/mlm"), help="where the adapted model goes")
@@ -54,18 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the held-out split (kept apart from --seed so runs share one held-out set)")
     p.add_argument("--max_length", type=int, default=128, help="tokens per packed row, [CLS] included")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--max_steps", type=int, default=None, help=f"updates to run (default {DEFAULT_MAX_STEPS})")
+    length.add_argument("--max_steps", type=int, default=PretrainSettings.max_steps, help="updates to run")
     length.add_argument("--epochs", type=float, default=None, help="passes over the training rows, instead of --max_steps")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--eval_batch_size", type=int, default=64)
+    p.add_argument("--batch_size", type=int, default=32, help="packed rows per update")
+    p.add_argument("--eval_batch_size", type=int, default=64, help="rows per held-out forward pass")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
-    p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW decoupled decay (not on biases, LayerNorm)")
     p.add_argument("--warmup_ratio", type=float, default=0.06, help="share of the updates spent warming up")
-    p.add_argument("--mask_probability", type=float, default=0.15)
+    p.add_argument("--mask_probability", type=float, default=0.15, help="share of tokens selected for prediction")
     p.add_argument("--whole_word_mask", action="store_true", help="select whole words (a token and its ## pieces)")
-    p.add_argument("--eval_every", type=int, default=PretrainSettings.eval_every, help="evaluate on the held-out rows every N updates")
-    p.add_argument("--seed", type=int, default=11711)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--eval_every", type=int, default=PretrainSettings.eval_every,
+                   help="evaluate on the held-out rows every N updates")
+    p.add_argument("--seed", type=int, default=11711, help="head initialisation, batch order and training masks")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto takes CUDA when present")
     return p
 
 
@@ -80,6 +84,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def run(args: argparse.Namespace) -> list[dict]:
     started = time.perf_counter()
+    settings = PretrainSettings(
+        max_steps=args.max_steps, epochs=args.epochs,
+        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, mask_probability=args.mask_probability,
+        whole_word_mask=args.whole_word_mask, eval_every=args.eval_every, seed=args.seed)
     device = pick_device(args.device)
     seed_everything(args.seed)
     tokenizer = load_tokenizer(args.pretrained)
@@ -98,15 +107,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     # Packed rows have padding only in the very last row, so skipping pad positions saves
     # nothing measurable here; it is on so that last row costs no more than its real tokens.
     model = BertForMaskedLM.from_pretrained(args.pretrained, unpad_inputs=True)
+    if args.max_length > model.config.max_position_embeddings:
+        raise ValueError(f"--max_length {args.max_length} exceeds the model's "
+                         f"{model.config.max_position_embeddings} positions")
     if model.head_from_checkpoint:
         log.info("MLM head loaded from the checkpoint's cls.predictions tensors")
     else:
         log.info("the checkpoint has no MLM head (cls.predictions.*): it starts from BERT's initialisation")
-    settings = PretrainSettings(
-        max_steps=DEFAULT_MAX_STEPS if args.max_steps is None else args.max_steps, epochs=args.epochs,
-        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, mask_probability=args.mask_probability,
-        whole_word_mask=args.whole_word_mask, eval_every=args.eval_every, seed=args.seed)
     trainer = MLMPretrainer(model, MaskingVocab.from_tokenizer(tokenizer), train, held_out, settings, device)
     log.info("%d updates of %d rows (%.2f passes over the training rows)", trainer.total, settings.batch_size,
              trainer.total * settings.batch_size / len(train))
