@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -41,3 +42,29 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def replaced_directory(directory: str | Path) -> Iterator[Path]:
+    """Yield an empty staging directory `<directory>.partial`; on success it takes `directory`'s place.
+
+    A crash leaves either the old directory or the new one under the real name (and a stale
+    `.partial` or `.old` beside it), never a half-written one; an exception removes the staging one.
+    """
+    directory = Path(directory)
+    staging = directory.with_name(directory.name + ".partial")
+    old = directory.with_name(directory.name + ".old")
+    for leftover in (staging, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if directory.exists():
+        directory.rename(old)
+    staging.rename(directory)
+    if old.exists():
+        shutil.rmtree(old)

@@ -76,3 +76,12 @@ class AdamW(Optimizer):
         denominators = torch._foreach_sqrt(second)
         torch._foreach_add_(denominators, group["eps"])
         torch._foreach_addcdiv_(params, first, denominators, step_sizes)
+
+
+def warmup_linear_decay(optimizer: Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate rising linearly over `warmup_steps`, then falling linearly to 0 at `total_steps`."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

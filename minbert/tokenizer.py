@@ -63,6 +63,11 @@ class BertTokenizer:
         encodings = self._tok.encode_batch(inputs)
         return [e.ids for e in encodings], [e.type_ids for e in encodings]
 
+    def encode_documents(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text without [CLS]/[SEP] and without truncation, for packing long documents."""
+        self._tok.no_truncation()
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
     def pad(self, ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Right-pad lists of ids to the longest one: `input_ids`, `token_type_ids`, `attention_mask`."""
         return pad_sequences(ids, type_ids, self.pad_id)

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from minbert.atomic import atomic_write_text
-from minbert.optimizer import AdamW
+from minbert.optimizer import AdamW, warmup_linear_decay
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert, task_loss
@@ -122,15 +122,6 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head
                    "lr": head_lr if is_head else lr}
                   for (decayed, is_head), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
                  lr=lr)
-
-
-def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Learning rate rising linearly over `warmup_steps`, then falling linearly to 0 at `total_steps`."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class Trainer:

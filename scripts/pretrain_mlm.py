@@ -1,0 +1,143 @@
+"""Domain-adaptive MLM pretraining (Gururangan et al. 2020) on the course's training text, before fine-tuning.
+
+    python scripts/pretrain_mlm.py --out_dir runs/mlm
+    python multitask_classifier.py --option finetune --pretrained runs/mlm
+
+The corpus is every sentence of the SST, Quora and STS training files and the CFIMDB training
+reviews (plus any --corpus FILE, one document per line), deduplicated; a seeded 5% of it is
+held out to measure the MLM loss. Dev and test files are never read. <out_dir> ends up as a
+Hugging Face BERT directory with the MLM head as cls.predictions.*, written in one swap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from minbert import CheckpointError, load_tokenizer  # noqa: E402
+from minbert.atomic import atomic_write_text, replaced_directory  # noqa: E402
+from minbert.corpus import dedupe, split_held_out, tokenise_and_pack  # noqa: E402
+from minbert.masking import MaskingVocab  # noqa: E402
+from minbert.mlm import BertForMaskedLM  # noqa: E402
+from minbert.pretrain import MLMPretrainer, PretrainingAborted, PretrainSettings  # noqa: E402
+from multitask.corpus import pretraining_texts, training_files  # noqa: E402
+from multitask.data import DataError  # noqa: E402
+from multitask.runtime import DeviceError, pick_device, seed_everything, show_progress  # noqa: E402
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+METRICS_FILE = "mlm_metrics.jsonl"
+RUN_FILE = "pretrain_run.json"
+
+log = logging.getLogger("pretrain_mlm")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the usage examples' line breaks and shows every flag's default."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--pretrained", type=Path, default=None,
+                   help="Hugging Face style BERT directory to start from (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--out_dir", type=Path, default=Path("runs/mlm"), help="where the adapted model goes")
+    p.add_argument("--data_dir", type=Path, default=DATA, help="directory of the course CSV files")
+    p.add_argument("--corpus", type=Path, action="append", default=[],
+                   help="extra text, one document per line (repeatable)")
+    p.add_argument("--held_out", type=float, default=0.05, help="fraction of documents held out for evaluation")
+    p.add_argument("--split_seed", type=int, default=0,
+                   help="seed of the held-out split (kept apart from --seed so runs share one held-out set)")
+    p.add_argument("--max_length", type=int, default=128, help="tokens per packed row, [CLS] included")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--max_steps", type=int, default=PretrainSettings.max_steps, help="updates to run")
+    length.add_argument("--epochs", type=float, default=None, help="passes over the training rows, instead of --max_steps")
+    p.add_argument("--batch_size", type=int, default=32, help="packed rows per update")
+    p.add_argument("--eval_batch_size", type=int, default=64, help="rows per held-out forward pass")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW decoupled decay (not on biases, LayerNorm)")
+    p.add_argument("--warmup_ratio", type=float, default=0.06, help="share of the updates spent warming up")
+    p.add_argument("--mask_probability", type=float, default=0.15, help="share of tokens selected for prediction")
+    p.add_argument("--whole_word_mask", action="store_true", help="select whole words (a token and its ## pieces)")
+    p.add_argument("--eval_every", type=int, default=PretrainSettings.eval_every,
+                   help="evaluate on the held-out rows every N updates")
+    p.add_argument("--seed", type=int, default=11711, help="head initialisation, batch order and training masks")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto takes CUDA when present")
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (CheckpointError, DataError, DeviceError, PretrainingAborted, FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    started = time.perf_counter()
+    settings = PretrainSettings(
+        max_steps=args.max_steps, epochs=args.epochs,
+        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, mask_probability=args.mask_probability,
+        whole_word_mask=args.whole_word_mask, eval_every=args.eval_every, seed=args.seed)
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    tokenizer = load_tokenizer(args.pretrained)
+    texts = pretraining_texts(args.data_dir, args.corpus)
+    documents = dedupe(texts)
+    train_docs, held_docs = split_held_out(documents, args.held_out, args.split_seed)
+    train = tokenise_and_pack(train_docs, tokenizer, args.max_length)
+    held_out = tokenise_and_pack(held_docs, tokenizer, args.max_length)
+    log.info("corpus: %d texts from %s, %d after removing duplicates; %d train / %d held-out documents",
+             len(texts), ", ".join(str(p) for _, p in training_files(args.data_dir)) + "".join(
+                 f", {p}" for p in args.corpus), len(documents), len(train_docs), len(held_docs))
+    log.info("packed into rows of %d: train %d rows (%d tokens, %.2f%% padding), held-out %d rows "
+             "(%d tokens, %.2f%% padding)", args.max_length, len(train), train.tokens,
+             100 * train.padding_fraction, len(held_out), held_out.tokens, 100 * held_out.padding_fraction)
+
+    # Packed rows have padding only in the very last row, so skipping pad positions saves
+    # nothing measurable here; it is on so that last row costs no more than its real tokens.
+    model = BertForMaskedLM.from_pretrained(args.pretrained, unpad_inputs=True)
+    if args.max_length > model.config.max_position_embeddings:
+        raise ValueError(f"--max_length {args.max_length} exceeds the model's "
+                         f"{model.config.max_position_embeddings} positions")
+    if model.head_from_checkpoint:
+        log.info("MLM head loaded from the checkpoint's cls.predictions tensors")
+    else:
+        log.info("the checkpoint has no MLM head (cls.predictions.*): it starts from BERT's initialisation")
+    trainer = MLMPretrainer(model, MaskingVocab.from_tokenizer(tokenizer), train, held_out, settings, device)
+    log.info("%d updates of %d rows (%.2f passes over the training rows)", trainer.total, settings.batch_size,
+             trainer.total * settings.batch_size / len(train))
+
+    metrics = args.out_dir / METRICS_FILE
+    history = trainer.train(metrics, progress=lambda total: tqdm(total=total, desc="mlm", disable=not show_progress()),
+                            report=tqdm.write)
+    with replaced_directory(args.out_dir) as staging:
+        model.save_pretrained(staging, tokenizer_from=args.pretrained)
+        os.replace(metrics, staging / METRICS_FILE)
+        run_record = {"settings": vars(args),
+                      "total_steps": trainer.total, "head_from_checkpoint": model.head_from_checkpoint,
+                      "corpus": {"texts": len(texts), "documents": len(documents), "train_documents": len(train_docs),
+                                 "held_out_documents": len(held_docs), "train_rows": len(train),
+                                 "train_tokens": train.tokens, "held_out_rows": len(held_out),
+                                 "held_out_tokens": held_out.tokens, "train_padding": train.padding_fraction},
+                      "first_eval": history[0], "last_eval": history[-1]}
+        atomic_write_text(staging / RUN_FILE, json.dumps(run_record, indent=2, default=str) + "\n")
+    first, last = history[0]["eval_loss"], history[-1]["eval_loss"]
+    print(f"held-out MLM loss {first:.4f} -> {last:.4f} (perplexity {history[0]['eval_perplexity']:.2f} -> "
+          f"{history[-1]['eval_perplexity']:.2f}) in {(time.perf_counter() - started) / 60:.1f} min; "
+          f"saved {args.out_dir}", flush=True)
+    return history
+
+
+if __name__ == "__main__":
+    main()
