@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SCHEDULES = ("proportional", "round_robin", "annealed")
+SCHEDULES = ("proportional", "round_robin", "annealed", "sqrt")
 
 
 def task_order(schedule: str, batches_per_task: dict[str, int], rng: np.random.Generator,
@@ -14,7 +14,9 @@ def task_order(schedule: str, batches_per_task: dict[str, int], rng: np.random.G
     - proportional: each task's batches exactly once, shuffled together (sampling ∝ size);
     - round_robin: tasks take turns, so each gets an equal share of steps (small tasks repeat);
     - annealed: draw with probability ∝ size^α, α falling linearly from 1 to 0.5 over training
-      (Stickland & Murray 2019), so small tasks gain weight as training goes on.
+      (Stickland & Murray 2019), so small tasks gain weight as training goes on;
+    - sqrt: shares ∝ √size throughout (temperature-2 sampling), dealt out evenly rather than drawn,
+      so tasks alternate as in round robin but a large task gets more of the steps.
     """
     tasks = list(batches_per_task)
     total = sum(batches_per_task.values())
@@ -33,4 +35,20 @@ def task_order(schedule: str, batches_per_task: dict[str, int], rng: np.random.G
             weights = sizes ** alpha
             order.append(tasks[rng.choice(len(tasks), p=weights / weights.sum())])
         return order
+    if schedule == "sqrt":
+        return _interleave(tasks, np.sqrt([batches_per_task[t] for t in tasks]), total)
     raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
+
+
+def _interleave(tasks: list[str], weights: np.ndarray, steps: int) -> list[str]:
+    """`steps` tasks with shares ∝ weights, spread evenly: each step goes to the task furthest
+    behind its share (smooth weighted round robin), so no task waits long between its turns."""
+    shares = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    credit = np.zeros(len(tasks))
+    order = []
+    for _ in range(steps):
+        credit += shares
+        chosen = int(np.argmax(credit))  # ties go to the earlier task, so the order is deterministic
+        credit[chosen] -= 1.0
+        order.append(tasks[chosen])
+    return order

@@ -256,6 +256,18 @@ def test_annealed_gives_small_tasks_more_weight_late_in_training():
     assert shares[-1] > shares[0] + 0.08, shares
 
 
+def test_sqrt_deals_shares_proportional_to_the_square_root_of_size_evenly():
+    sizes = {"big": 900, "small": 100}
+    order = task_order("sqrt", sizes, np.random.default_rng(0))
+    assert len(order) == 1000
+    # √900 : √100 = 30 : 10, so 750 : 250 of the steps, exactly up to rounding.
+    assert abs(Counter(order)["small"] - 250) <= 1
+    # Dealt evenly: the small task comes every 4th step, never in runs.
+    gaps = np.diff([i for i, task in enumerate(order) if task == "small"])
+    assert set(gaps) == {4}
+    assert order == task_order("sqrt", sizes, np.random.default_rng(1))  # no randomness involved
+
+
 def test_unknown_schedule_is_rejected():
     with pytest.raises(ValueError, match="schedule"):
         task_order("random", SIZES, np.random.default_rng(0))
