@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from minbert.atomic import atomic_write_text
+from multitask.resume import STATE_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSIFIER = REPO / "multitask_classifier.py"
@@ -159,8 +160,9 @@ def run_dir(settings: GridSettings, config: str, seed: int) -> Path:
 def build_command(settings: GridSettings, config: Configuration, seed: int, mlm_dir: Path | None) -> list[str]:
     """The multitask_classifier.py command line of one run."""
     directory = run_dir(settings, config.name, seed)
+    # --resume: a run killed with the grid continues from its last saved state when the grid is rerun.
     command = [settings.python, str(CLASSIFIER), "--option", "finetune", "--epochs", str(settings.epochs),
-               "--seed", str(seed), "--out_dir", str(directory)]
+               "--seed", str(seed), "--out_dir", str(directory), "--resume"]
     if settings.train_limit is not None:
         command += ["--train_limit", str(settings.train_limit)]
     if settings.dev_limit is not None:
@@ -276,8 +278,10 @@ def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: P
                          error=f"{reason} (log: {log_path})")
     if not settings.keep_checkpoints:
         # An encoder copy per run (90 MB for MiniLM, 440 MB for BERT-base) adds up over a grid;
-        # the scores and predictions are what an ablation keeps.
+        # the scores and predictions are what an ablation keeps. The resume state (optimiser
+        # moments, teacher) is larger still and of no use once the run is finished.
         shutil.rmtree(directory / "best", ignore_errors=True)
+        shutil.rmtree(directory / STATE_DIR, ignore_errors=True)
     atomic_write_text(directory / DONE, json.dumps({"signature": signature, "command": command,
                                                     "wall_seconds": round(wall, 1),
                                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))

@@ -95,8 +95,10 @@ def test_micro_grid_runs_both_configurations_and_writes_json_markdown_png(micro_
         assert run["wall_seconds"] > 0 and run["reused"] is False
         command = read_json(directory / "done.json")["command"]
         assert ("--r3f" in command) == (run["config"] == "r3f")
-        # The best checkpoint is dropped once finished; the predictions stay, valid and complete.
-        assert not (directory / "best").exists()
+        # The best checkpoint and the resume state are dropped once finished; the predictions
+        # stay, valid and complete.
+        assert "--resume" in command
+        assert not (directory / "best").exists() and not (directory / "resume").exists()
         for task in STEMS:
             for split in ("dev", "test"):
                 path = directory / "predictions" / f"{task}-{split}-output.csv"

@@ -16,10 +16,9 @@ from minbert import BertModel
 from minbert.paths import default_checkpoint_dir
 from multitask.cli import main
 from multitask.distributed import DUMP_ENV, DistEnv, DistributedError, global_batch_size, shard
-from tests.test_pipeline import SEED, SPLIT_FILES, STEMS, check_predictions, data_args, output_args, write_tiny_file
+from tests.test_pipeline import SEED, check_predictions, data_args, output_args, write_tiny_course_files
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "data"
 ROWS = {"train": 8, "dev": 8, "test": 4}
 PER_RANK_BATCH = 2
 RANKS = 2
@@ -63,12 +62,7 @@ def tiny(tmp_path_factory) -> dict:
     `--hidden_dropout_prob 0` leaves attention dropout at the checkpoint's 0.1, and dropout masks
     differ between one process and two, so the comparison needs it off in config.json too.
     """
-    directory = tmp_path_factory.mktemp("data")
-    files, ids = {}, {}
-    for task, stem in STEMS.items():
-        for split, suffix in SPLIT_FILES.items():
-            files[task, split] = directory / f"{stem}-{suffix}.csv"
-            ids[task, split] = write_tiny_file(DATA / f"{stem}-{suffix}.csv", files[task, split], ROWS[split])
+    data = write_tiny_course_files(tmp_path_factory.mktemp("data"), ROWS)
     model = tmp_path_factory.mktemp("no_dropout_model")
     source = default_checkpoint_dir()
     for item in source.iterdir():
@@ -77,7 +71,7 @@ def tiny(tmp_path_factory) -> dict:
     config = json.loads((source / "config.json").read_text())
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (model / "config.json").write_text(json.dumps(config))
-    return {"files": files, "ids": ids, "model": model}
+    return {**data, "model": model}
 
 
 def run_args(tiny: dict, out_dir: Path, *extra: str) -> tuple[list[str], dict]:

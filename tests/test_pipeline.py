@@ -54,16 +54,19 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory, one_torch_thread) -> dict:
-    """{"files": {(task, split): path}, "ids": {(task, split): ids in file order}}."""
-    directory = tmp_path_factory.mktemp("data")
+def write_tiny_course_files(directory: Path, rows: dict[str, int] = ROWS) -> dict:
+    """{"files": {(task, split): path}, "ids": {(task, split): ids in file order}} for every course file."""
     files, ids = {}, {}
     for task, stem in STEMS.items():
         for split, suffix in SPLIT_FILES.items():
             files[task, split] = directory / f"{stem}-{suffix}.csv"
-            ids[task, split] = write_tiny_file(DATA / f"{stem}-{suffix}.csv", files[task, split], ROWS[split])
+            ids[task, split] = write_tiny_file(DATA / f"{stem}-{suffix}.csv", files[task, split], rows[split])
     return {"files": files, "ids": ids}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, one_torch_thread) -> dict:
+    return write_tiny_course_files(tmp_path_factory.mktemp("data"))
 
 
 def data_args(tiny_data: dict) -> list[str]:
