@@ -71,7 +71,7 @@ class GridSettings:
     skip_predictions: bool = False
     extra_args: list[str] = field(default_factory=list)
     mlm_dir: Path | None = None
-    mlm_steps: int = 1000
+    mlm_steps: int = 300  # the default of scripts/pretrain_mlm.py, measured at about 14 min on 2 cores
     mlm_script: Path = MLM_SCRIPT
     keep_checkpoints: bool = False
     python: str = sys.executable
