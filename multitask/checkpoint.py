@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
 from minbert import BertModel, CheckpointError
-from minbert.atomic import atomic_write_text
+from minbert.atomic import atomic_write_text, replaced_directory
 from minbert.weights import read_tensors, save_tensors
 from multitask.model import MultitaskBert
 
@@ -29,25 +28,14 @@ def save_checkpoint(model: MultitaskBert, directory: str | Path, settings: dict,
 
     The encoder goes in the Hugging Face layout, so `--pretrained DIR` (or transformers) loads it.
     """
-    directory = Path(directory)
-    staging = directory.with_name(directory.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    model.encoder.save_pretrained(staging, tokenizer_from=tokenizer_from)
-    save_tensors(head_tensors(model), staging / HEADS_FILE)
-    run = {"tasks": list(model.tasks), "pooling": model.pooling, "pair_encoding": model.pair_encoding,
-           "settings": settings, "dev_scores": scores}
-    atomic_write_text(staging / RUN_FILE, json.dumps(run, indent=2, default=str) + "\n")
-    # Swap directories: a crash leaves either the old checkpoint or the new one, and a stale
-    # `.old` or `.partial` next to it, never a half-written checkpoint under the real name.
-    old = directory.with_name(directory.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if directory.exists():
-        directory.rename(old)
-    staging.rename(directory)
-    if old.exists():
-        shutil.rmtree(old)
+    # A crash leaves either the old checkpoint or the new one under the real name, never a
+    # half-written one (see replaced_directory).
+    with replaced_directory(directory) as staging:
+        model.encoder.save_pretrained(staging, tokenizer_from=tokenizer_from)
+        save_tensors(head_tensors(model), staging / HEADS_FILE)
+        run = {"tasks": list(model.tasks), "pooling": model.pooling, "pair_encoding": model.pair_encoding,
+               "settings": settings, "dev_scores": scores}
+        atomic_write_text(staging / RUN_FILE, json.dumps(run, indent=2, default=str) + "\n")
 
 
 def load_checkpoint(directory: str | Path, **encoder_overrides) -> tuple[MultitaskBert, dict]:
