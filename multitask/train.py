@@ -238,7 +238,8 @@ class Trainer:
             loss = sum(terms.values())
             # Decided on the reported terms, which every process of a distributed run shares, so
             # all of them skip the same steps.
-            if not torch.isfinite(sum(reported.values())):
+            reported_loss = sum(reported.values())
+            if not torch.isfinite(reported_loss):
                 self.skip_step(task, reported)
                 continue
             (loss / self.settings.grad_accum).backward()
@@ -254,7 +255,7 @@ class Trainer:
                 if self.save_every and self.updates % self.save_every == 0 and step + 1 < len(plan):
                     progress.step, progress.seconds = step + 1, time.perf_counter() - start
                     self.checkpoint()
-            bar.set_postfix(loss=f"{sum(reported.values()).item():.3f}", refresh=False)
+            bar.set_postfix(loss=f"{reported_loss.item():.3f}", refresh=False)
         bar.close()
         progress.step, progress.seconds = len(plan), time.perf_counter() - start
         dev_scores = self.evaluate()
