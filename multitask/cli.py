@@ -15,14 +15,14 @@ from minbert import BertModel, CheckpointError, load_tokenizer
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.data import PARA, SST, STS, DataError
-from multitask.distributed import (DistributedError, dump_final_state, global_batch_size, is_main_process,
-                                   make_trainer, reseed_ranks_after_resume, start, stop)
+from multitask.distributed import (DistributedError, dump_final_state, global_batch_size, make_trainer,
+                                   reseed_ranks_after_resume, start, stop)
 from multitask.evaluate import predict
 from multitask.model import HEADS, PAIR_ENCODINGS, POOLINGS, MultitaskBert
 from multitask.predictions import write_predictions
 from multitask.regularizers import RegularizerSettings, Regularizers
 from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
-from multitask.runtime import DeviceError, seed_everything
+from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.schedule import SCHEDULES
 from multitask.train import TrainingAborted, TrainSettings, format_epoch
 

@@ -68,11 +68,6 @@ class DistEnv:
             dist.barrier()
 
 
-def is_main_process() -> bool:
-    """True unless torchrun started this process with a rank other than 0 (for log levels)."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def start(device: str = "auto", use_gpu: bool = False) -> tuple[DistEnv, torch.device]:
     """This process's place in the job and its device; joins the process group under torchrun.
 
@@ -133,9 +128,9 @@ def shard(indices: list[int], rank: int, world_size: int) -> tuple[list[int], fl
     return (local or list(indices[:1])), weight
 
 
-def rank_seed(seed: int, rank: int) -> int:
+def rank_seed(seed: int, rank: int, *more: int) -> int:
     """A torch seed per rank, so dropout masks and SMART noise are not copies across processes."""
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, rank, *more]).generate_state(1)[0])
 
 
 def reseed_ranks_after_resume(env: DistEnv, seed: int, updates: int) -> None:
@@ -146,7 +141,7 @@ def reseed_ranks_after_resume(env: DistEnv, seed: int, updates: int) -> None:
     streams; it is exact only in one process, where nothing is reseeded.
     """
     if env.is_distributed:
-        torch.manual_seed(int(np.random.SeedSequence([seed, env.rank, updates]).generate_state(1)[0]))
+        torch.manual_seed(rank_seed(seed, env.rank, updates))
 
 
 @torch.no_grad()

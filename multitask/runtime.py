@@ -36,9 +36,15 @@ def show_progress() -> bool:
     """tqdm bars only for a person at a terminal: not when piped, logged or under CI.
 
     Under torchrun only rank 0 draws: every process shares the terminal, and N interleaved bars
-    are unreadable. (RANK is read here directly so this module needs no distributed import.)
+    are unreadable.
     """
-    return sys.stderr.isatty() and not os.environ.get("CI") and os.environ.get("RANK", "0") == "0"
+    return sys.stderr.isatty() and not os.environ.get("CI") and is_main_process()
+
+
+def is_main_process() -> bool:
+    """True unless torchrun started this process with a rank other than 0 (read from RANK, so it
+    works before any process group exists, e.g. to set log levels)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def autocast(device: torch.device):
