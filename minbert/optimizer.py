@@ -85,3 +85,8 @@ def warmup_linear_decay(optimizer: Optimizer, warmup_steps: int, total_steps: in
             return (step + 1) / max(1, warmup_steps)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def is_decayed(name: str, param: torch.Tensor) -> bool:
+    """BERT's weight-decay rule: matrices are decayed, biases and LayerNorm weights are not."""
+    return not (param.ndim < 2 or "LayerNorm" in name)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from minbert.corpus import PackedSequences
 from minbert.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
 from minbert.mlm import BertForMaskedLM
-from minbert.optimizer import AdamW, warmup_linear_decay
+from minbert.optimizer import AdamW, is_decayed, warmup_linear_decay
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decayed, plain = [], []
     # named_parameters lists the tied decoder/embedding matrix once, so it is updated once.
     for name, param in model.named_parameters():
-        (plain if param.ndim < 2 or "LayerNorm" in name else decayed).append(param)
+        (decayed if is_decayed(name, param) else plain).append(param)
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 

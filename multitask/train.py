@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from minbert.atomic import atomic_write_text
-from minbert.optimizer import AdamW, warmup_linear_decay
+from minbert.optimizer import AdamW, is_decayed, warmup_linear_decay
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert, task_loss
@@ -115,7 +115,7 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head
     groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            decayed = not (param.ndim < 2 or "LayerNorm" in name)
+            decayed = is_decayed(name, param)
             is_head = head_lr is not None and name.startswith("heads.")
             groups.setdefault((decayed, is_head), []).append(param)
     return AdamW([{"params": params, "weight_decay": weight_decay if decayed else 0.0,
