@@ -25,6 +25,7 @@ from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
 from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.schedule import SCHEDULES
 from multitask.train import TrainingAborted, TrainSettings, format_epoch
+from smart import MeanTeacher
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 TASK_DATA = {"sst": (SST, "ids-sst"), "para": (PARA, "quora"), "sts": (STS, "sts")}
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--option", choices=("pretrain", "finetune"), default="pretrain",
                    help="pretrain: train the heads on a frozen encoder; finetune: train everything")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=None,
                    help=f"learning rate (default {DEFAULT_LR['pretrain']} for pretrain, {DEFAULT_LR['finetune']} for finetune)")
     p.add_argument("--head_lr", type=float, default=None,
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--eval_batch_size", type=int, default=128)
     p.add_argument("--max_bad_steps", type=int, default=20, help="abort after this many non-finite losses")
+    p.add_argument("--no_ema", action="store_true",
+                   help="score and keep the trained weights themselves, not their moving average (see README)")
     smart = p.add_argument_group("SMART / R3F regularised fine-tuning")
     smart.add_argument("--smart", action="store_true",
                        help="adversarial smoothness term and Bregman proximal point (mean teacher), paper defaults")
@@ -81,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     smart.add_argument("--smart_steps", type=int, default=1, help="ascent steps T")
     smart.add_argument("--bregman_mu", type=float, default=1.0, help="weight μ of the mean-teacher term")
     smart.add_argument("--bregman_beta", type=float, default=None,
-                       help="constant teacher momentum β (default: 0.99 for the first 10%% of updates, then 0.999)")
+                       help="constant momentum β of the mean teacher, which is also the weight average "
+                            "(default: 0.99 for the first 10%% of updates, then 0.999)")
     smart.add_argument("--r3f", action="store_true", help="R3F noise term (no ascent step)")
     smart.add_argument("--r3f_noise", choices=("normal", "uniform"), default="normal")
     smart.add_argument("--r3f_eps", type=float, default=1e-5, help="noise scale: std (normal) or half-width (uniform)")
@@ -177,7 +181,7 @@ def run(args: argparse.Namespace) -> None:
             log.info("new best dev mean %.4f: saved %s", record.dev_mean, checkpoint)
         env.barrier()
 
-    teacher = regularizers.teacher if regularizers else None
+    teacher = averaged_model(model, regularizers, args)
 
     def save_state(trainer) -> None:
         if env.is_main:
@@ -185,7 +189,7 @@ def run(args: argparse.Namespace) -> None:
         env.barrier()
 
     trainer = make_trainer(env, model, train_sets, dev_sets, settings, device, args.out_dir, on_new_best=keep_best,
-                           regularizer=regularizers, after_update=regularizers.after_update if regularizers else None,
+                           regularizer=regularizers, teacher=teacher, evaluate_teacher=not args.no_ema,
                            on_checkpoint=save_state, save_every=args.save_every)
     if saved is not None:
         # Every process reads the same state; under torchrun the RNG states saved are rank 0's.
@@ -199,7 +203,7 @@ def run(args: argparse.Namespace) -> None:
         run_state.clear()
     env.barrier()
     history = trainer.train()
-    dump_final_state(model, regularizers, env)
+    dump_final_state(model, teacher, env)
     if not env.is_main:
         return
     best = max(history, key=lambda r: r.dev_mean)
@@ -231,6 +235,17 @@ def build_regularizers(model: MultitaskBert, args: argparse.Namespace) -> Regula
     if (args.no_adversarial or args.no_bregman) and not args.smart:
         raise SystemExit("--no_adversarial / --no_bregman switch off parts of --smart; add --smart")
     return Regularizers(model, settings) if settings.any else None
+
+
+def averaged_model(model: MultitaskBert, regularizers: Regularizers | None,
+                   args: argparse.Namespace) -> MeanTeacher | None:
+    """The moving average of the weights: SMART's Bregman teacher when it runs, else one of its own.
+
+    It is what gets scored and kept unless --no_ema; with --no_ema only the Bregman term uses it.
+    """
+    if regularizers is not None and regularizers.teacher is not None:
+        return regularizers.teacher
+    return None if args.no_ema else MeanTeacher(model, beta=args.bregman_beta)
 
 
 def write_all_predictions(model: MultitaskBert, tokenizer, tasks: tuple[str, ...], args: argparse.Namespace,

@@ -18,6 +18,7 @@ from multitask.evaluate import batch_outputs, score, to_predictions
 from multitask.model import MultitaskBert
 from multitask.runtime import pick_device, to_device
 from multitask.train import Trainer
+from smart import MeanTeacher
 
 # Test hook: when set to a directory, every rank writes its final student and teacher tensors
 # there as rank<R>.safetensors, so a test can compare the processes' states (see dump_final_state).
@@ -181,11 +182,10 @@ class ParallelTrainer(Trainer):
         # Wrapping construction broadcasts rank 0's parameters to all ranks.
         self.loss_terms = DistributedDataParallel(self.loss_terms, device_ids=device_ids,
                                                   find_unused_parameters=True)
-        teacher = getattr(self.regularizer, "teacher", None)
-        if teacher is not None:
+        if self.teacher is not None:
             # The teacher was copied from the student before that broadcast; start it from rank 0 too.
             with torch.no_grad():
-                for tensor in teacher.model.state_dict().values():
+                for tensor in self.teacher.model.state_dict().values():
                     dist.broadcast(tensor, src=0)
         torch.manual_seed(rank_seed(self.settings.seed, env.rank))
 
@@ -201,7 +201,7 @@ class ParallelTrainer(Trainer):
         return terms, dict(zip(terms, reported.unbind()))
 
     def evaluate(self) -> dict[str, float]:
-        return {name: score(name, gathered_predictions(self.model, ds, self.settings.eval_batch_size, self.device,
+        return {name: score(name, gathered_predictions(self.eval_model, ds, self.settings.eval_batch_size, self.device,
                                                        self.env), ds.labels)
                 for name, ds in self.dev_sets.items()}
 
@@ -211,7 +211,7 @@ def make_trainer(env: DistEnv, *args, **kwargs) -> Trainer:
     return ParallelTrainer(*args, env=env, **kwargs) if env.is_distributed else Trainer(*args, **kwargs)
 
 
-def dump_final_state(model: MultitaskBert, regularizer, env: DistEnv) -> Path | None:
+def dump_final_state(model: MultitaskBert, teacher: MeanTeacher | None, env: DistEnv) -> Path | None:
     """Test hook: with $MINBERT_DUMP_FINAL_STATE set, write this rank's final student (and teacher).
 
     Every rank writes its own file — the one exception to "only rank 0 writes" — because the
@@ -221,7 +221,6 @@ def dump_final_state(model: MultitaskBert, regularizer, env: DistEnv) -> Path | 
     if not directory:
         return None
     tensors = {f"student.{k}": v for k, v in model.state_dict().items()}
-    teacher = getattr(regularizer, "teacher", None)
     if teacher is not None:
         tensors.update({f"teacher.{k}": v for k, v in teacher.state_dict().items()})
     path = Path(directory) / f"rank{env.rank}.safetensors"

@@ -71,8 +71,3 @@ class Regularizers:
                 teacher_output = self.teacher.model(task, batch)
             terms["bregman"] = s.bregman_mu * bregman_loss(output, teacher_output, kind)
         return terms
-
-    def after_update(self, updates: int, total_updates: int) -> None:
-        """Move the teacher after optimiser update number `updates` (counted from 1)."""
-        if self.teacher is not None:
-            self.teacher.update(updates - 1, total_updates)

@@ -23,6 +23,7 @@ from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert, task_loss
 from multitask.runtime import autocast, show_progress, to_device
 from multitask.schedule import task_order
+from smart import MeanTeacher
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class TrainingAborted(RuntimeError):
 class TrainSettings:
     """Optimisation settings of one run (defaults are the finetune recipe measured in the README)."""
 
-    epochs: int = 4
+    epochs: int = 5
     lr: float = 5e-5
     head_lr: float | None = None  # None: the heads train at `lr` like the encoder
     batch_size: int = 32
@@ -127,7 +128,10 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head
 class Trainer:
     """Trains a MultitaskBert on several tasks at once and evaluates it on their dev sets each epoch.
 
-    `on_new_best` is called in every process of a distributed run; it decides who writes.
+    `teacher`, if given, is moved towards the model after every update (an exponential moving
+    average of the weights; SMART's Bregman term uses the same one). With `evaluate_teacher` it is
+    the teacher that is scored on dev and handed to `on_new_best`. `on_new_best` is called in
+    every process of a distributed run; it decides who writes.
     """
 
     # Whether this process writes metrics and prints; ParallelTrainer sets it for rank 0 only.
@@ -136,14 +140,18 @@ class Trainer:
     def __init__(self, model: MultitaskBert, train_sets: dict[str, EncodedTask], dev_sets: dict[str, EncodedTask],
                  settings: TrainSettings, device: torch.device, out_dir: Path,
                  on_new_best: Callable[[MultitaskBert, EpochRecord], None] | None = None,
-                 regularizer: Regularizer | None = None, after_update: Callable[[int, int], None] | None = None,
-                 on_checkpoint: Callable[[Trainer], None] | None = None, save_every: int = 0) -> None:
+                 regularizer: Regularizer | None = None, teacher: MeanTeacher | None = None,
+                 evaluate_teacher: bool = False, on_checkpoint: Callable[[Trainer], None] | None = None, save_every: int = 0) -> None:
         """`on_checkpoint(trainer)` is called every `save_every` updates (0: never mid-epoch) and after
         each epoch, at a point where the run can be continued exactly from `state_dict()`."""
         self.model = model.to(device)
         self.train_sets, self.dev_sets = train_sets, dev_sets
         self.settings, self.device, self.out_dir = settings, device, Path(out_dir)
-        self.on_new_best, self.regularizer, self.after_update = on_new_best, regularizer, after_update
+        self.on_new_best, self.regularizer, self.teacher = on_new_best, regularizer, teacher
+        if evaluate_teacher and teacher is None:
+            raise ValueError("evaluate_teacher needs a teacher")
+        # The model that is scored and kept: the weight average when there is one to evaluate.
+        self.eval_model: MultitaskBert = teacher.model if evaluate_teacher else self.model
         self.on_checkpoint, self.save_every = on_checkpoint, save_every
         self.loss_terms: nn.Module = StepLoss(self.model, regularizer)
         self.samplers = {name: BucketBatchSampler(ds.lengths(), settings.batch_size, seed=settings.seed)
@@ -177,7 +185,7 @@ class Trainer:
             if record.dev_mean > self.best_mean:
                 self.best_mean = record.dev_mean
                 if self.on_new_best is not None:
-                    self.on_new_best(self.model, record)
+                    self.on_new_best(self.eval_model, record)
             self.progress = None
             self.checkpoint()
         return self.history
@@ -286,8 +294,8 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
-        if self.after_update is not None:
-            self.after_update(self.updates, self.total_updates)
+        if self.teacher is not None:
+            self.teacher.update(self.updates - 1, self.total_updates)
 
     def skip_step(self, task: str, terms: dict[str, torch.Tensor]) -> None:
         """Drop a step whose loss is not finite, so it never reaches the weights; give up after too many.
@@ -303,7 +311,7 @@ class Trainer:
                                   f"{self.settings.max_bad_steps}); lower --lr or check the data")
 
     def evaluate(self) -> dict[str, float]:
-        return {name: score(name, predict(self.model, ds, self.settings.eval_batch_size, self.device), ds.labels)
+        return {name: score(name, predict(self.eval_model, ds, self.settings.eval_batch_size, self.device), ds.labels)
                 for name, ds in self.dev_sets.items()}
 
 

@@ -180,8 +180,8 @@ def regulariser_table(tokenizer, length: int, reps: int) -> list[dict]:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if regs is not None:
-                regs.after_update(1, 100)
+            if regs is not None and regs.teacher is not None:
+                regs.teacher.update(0, 100)
         steps[name] = step
     seconds = interleaved(steps, reps)
     return [{"method": name, "length": length, "seconds": s, "ratio_to_plain": s / seconds["plain"],

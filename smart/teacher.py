@@ -22,7 +22,8 @@ class MeanTeacher:
     `.model` is a deep copy of the student taken at construction, with requires_grad False on all
     of its parameters: the teacher moves only through `update`, never through gradients. Its
     train/eval mode is copied from the student and left to the caller. Buffers (e.g. running
-    statistics) are copied from the student rather than averaged. The student must stay on the
+    statistics) are copied from the student rather than averaged, and parameters the student does
+    not train are left as copied. The student must stay on the
     device and keep the parameter names it had when the teacher was built.
     """
 
@@ -60,7 +61,9 @@ class MeanTeacher:
                 f"student and teacher parameters no longer match (differ in: {missing[:5]}); "
                 "build the MeanTeacher after the student's final structure is set"
             )
-        names = list(teacher_params)
+        # A frozen parameter (the encoder under --option pretrain) equals its copy for good, so
+        # averaging it would only spend time.
+        names = [n for n in teacher_params if student_params[n].requires_grad]
         # lerp_(θ̃, θ, 1 − β) = θ̃ + (1 − β)(θ − θ̃) = (1 − β)θ + βθ̃.
         torch._foreach_lerp_(
             [teacher_params[n] for n in names],

@@ -59,16 +59,17 @@ def tiny_trainer(out_dir: Path, smart: bool, grad_accum: int = 1, crash_at_updat
     teacher = regularizers.teacher if regularizers else None
     run_state = RunState(out_dir / "resume", FINGERPRINT)
 
-    def after_update(updates: int, total: int) -> None:
-        if regularizers is not None:
-            regularizers.after_update(updates, total)
-        if updates == crash_at_update:
-            raise Crash
+    class CrashingTrainer(Trainer):
+        def update(self) -> None:
+            super().update()
+            if self.updates == crash_at_update:
+                raise Crash
 
     tasks = tiny_tasks()
-    trainer = Trainer(model, tasks, tasks, TrainSettings(epochs=2, batch_size=8, lr=1e-3, seed=0, grad_accum=grad_accum),
-                      torch.device("cpu"), out_dir, regularizer=regularizers, after_update=after_update,
-                      on_checkpoint=lambda t: run_state.save(t, teacher), save_every=2)
+    trainer = CrashingTrainer(model, tasks, tasks,
+                              TrainSettings(epochs=2, batch_size=8, lr=1e-3, seed=0, grad_accum=grad_accum),
+                              torch.device("cpu"), out_dir, regularizer=regularizers, teacher=teacher,
+                              on_checkpoint=lambda t: run_state.save(t, teacher), save_every=2)
     return trainer, run_state, regularizers
 
 

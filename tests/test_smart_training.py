@@ -38,7 +38,7 @@ def train_tiny(settings: RegularizerSettings | None, epochs: int = 1, tmp_path=N
     tasks = tiny_tasks()
     trainer = Trainer(model, tasks, tasks, TrainSettings(epochs=epochs, batch_size=8, lr=1e-3, seed=0),
                       torch.device("cpu"), tmp_path, regularizer=regularizers,
-                      after_update=regularizers.after_update if regularizers else None)
+                      teacher=regularizers.teacher if regularizers else None)
     return model, trainer.train()
 
 
@@ -89,7 +89,7 @@ def test_teacher_follows_the_student_by_the_ema_formula(tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    regularizers.after_update(1, 100)  # update 1 of 100: within the first 10%, β = 0.99
+    regularizers.teacher.update(0, 100)  # update 1 of 100: within the first 10%, β = 0.99
     student = dict(model.named_parameters())
     for name, p in teacher.named_parameters():
         expected = 0.01 * student[name] + 0.99 * before[name]
