@@ -201,8 +201,8 @@ class ParallelTrainer(Trainer):
         return terms, dict(zip(terms, reported.unbind()))
 
     def evaluate(self) -> dict[str, float]:
-        return {name: score(name, gathered_predictions(self.eval_model, ds, self.settings.eval_batch_size, self.device,
-                                                       self.env), ds.labels)
+        return {name: score(name, gathered_predictions(self.eval_model, ds, self.settings.eval_batch_size,
+                                                       self.device, self.env), ds.labels)
                 for name, ds in self.dev_sets.items()}
 
 

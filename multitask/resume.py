@@ -169,8 +169,8 @@ class RunState:
                                   f"delete {self.directory} to start over")
         if state["has_teacher"] != (teacher is not None):
             raise CheckpointError(f"{self.state_file}: the saved run {'had' if state['has_teacher'] else 'had no'} "
-                                  "mean teacher (weight average) but this one has the opposite; check --no_ema / --smart / "
-                                  "--no_bregman")
+                                  "mean teacher (weight average) but this one has the opposite; check "
+                                  "--no_ema / --smart / --no_bregman")
         tensors = read_tensors(weights_file)
         parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "teacher": {}, "grad": {}}
         for key, tensor in tensors.items():

@@ -141,7 +141,8 @@ class Trainer:
                  settings: TrainSettings, device: torch.device, out_dir: Path,
                  on_new_best: Callable[[MultitaskBert, EpochRecord], None] | None = None,
                  regularizer: Regularizer | None = None, teacher: MeanTeacher | None = None,
-                 evaluate_teacher: bool = False, on_checkpoint: Callable[[Trainer], None] | None = None, save_every: int = 0) -> None:
+                 evaluate_teacher: bool = False, on_checkpoint: Callable[[Trainer], None] | None = None,
+                 save_every: int = 0) -> None:
         """`on_checkpoint(trainer)` is called every `save_every` updates (0: never mid-epoch) and after
         each epoch, at a point where the run can be continued exactly from `state_dict()`."""
         self.model = model.to(device)
@@ -311,7 +312,8 @@ class Trainer:
                                   f"{self.settings.max_bad_steps}); lower --lr or check the data")
 
     def evaluate(self) -> dict[str, float]:
-        return {name: score(name, predict(self.eval_model, ds, self.settings.eval_batch_size, self.device), ds.labels)
+        return {name: score(name, predict(self.eval_model, ds, self.settings.eval_batch_size, self.device),
+                            ds.labels)
                 for name, ds in self.dev_sets.items()}
 
 

@@ -32,12 +32,13 @@ from multitask.batching import compare_padding, encode_task  # noqa: E402
 from multitask.data import CFIMDB, PARA, SST, STS  # noqa: E402
 from multitask.model import MultitaskBert, task_loss  # noqa: E402
 from multitask.regularizers import RegularizerSettings, Regularizers  # noqa: E402
+from smart import MeanTeacher  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BATCH = 32
 # SMART with T = 1 and the teacher: clean fwd+bwd (3F), noisy fwd (F), backward to δ only (≈F: no
 # weight gradients), adversarial fwd+bwd (3F), teacher fwd (F) = 9F against plain's 3F.
-FLOP_RATIO = {"plain": 1.0, "smart": 9 / 3, "r3f": 6 / 3}
+FLOP_RATIO = {"plain": 1.0, "plain+ema": 1.0, "smart": 9 / 3, "r3f": 6 / 3}
 
 
 def realistic_batch(tokenizer, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -157,35 +158,50 @@ def encoder_table(tokenizer, lengths, reps, include_eager, peak) -> list[dict]:
     return rows
 
 
-def regulariser_table(tokenizer, length: int, reps: int) -> list[dict]:
-    """Plain fine-tuning vs SMART (adversarial + teacher) vs R3F: the multitask model on one SST batch."""
+# Each regularised method as (regulariser settings or None, whether a weight average is kept
+# beside it). SMART's Bregman teacher is itself the weight average, as in training.
+REGULARISED = {"plain": (None, False), "plain+ema": (None, True),
+               "smart": (RegularizerSettings(adversarial=True, bregman=True), False),
+               "r3f": (RegularizerSettings(r3f=True), False)}
+
+
+def regularised_batch(tokenizer, length: int) -> dict[str, torch.Tensor]:
     batch = realistic_batch(tokenizer, length, seed=1)
     batch["labels"] = torch.randint(0, 5, (BATCH,), generator=torch.Generator().manual_seed(0))
-    setups = {"plain": None, "smart": RegularizerSettings(adversarial=True, bregman=True),
-              "r3f": RegularizerSettings(r3f=True)}
-    steps = {}
-    for name, settings in setups.items():
-        torch.manual_seed(0)
-        model = MultitaskBert(BertModel.from_pretrained(unpad_inputs=True), ("sst",))
-        regs = Regularizers(model, settings) if settings else None
-        optimizer = AdamW(model.parameters(), lr=5e-5)
+    return batch
 
-        def step(model=model, regs=regs, optimizer=optimizer):
-            model.train()
-            embeddings, mask = model.embed("sst", batch)
-            output = model.predict_from_embeddings("sst", embeddings, mask)
-            loss = task_loss("sst", output, batch["labels"])
-            if regs is not None:
-                loss = loss + sum(regs(model, "sst", batch, embeddings, mask, output).values())
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if regs is not None and regs.teacher is not None:
-                regs.teacher.update(0, 100)
-        steps[name] = step
-    seconds = interleaved(steps, reps)
+
+def regularised_step(method: str, batch: dict[str, torch.Tensor]):
+    """One multitask training step (SST head) of a method, as a closure: forward, terms, backward, update."""
+    settings, keeps_average = REGULARISED[method]
+    torch.manual_seed(0)
+    model = MultitaskBert(BertModel.from_pretrained(unpad_inputs=True), ("sst",))
+    regs = Regularizers(model, settings) if settings else None
+    teacher = regs.teacher if regs is not None else (MeanTeacher(model) if keeps_average else None)
+    optimizer = AdamW(model.parameters(), lr=5e-5)
+
+    def step():
+        model.train()
+        embeddings, mask = model.embed("sst", batch)
+        output = model.predict_from_embeddings("sst", embeddings, mask)
+        loss = task_loss("sst", output, batch["labels"])
+        if regs is not None:
+            loss = loss + sum(regs(model, "sst", batch, embeddings, mask, output).values())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if teacher is not None:
+            teacher.update(0, 100)
+    return step
+
+
+def regulariser_table(tokenizer, length: int, reps: int) -> list[dict]:
+    """Plain fine-tuning (with and without the weight average) vs SMART vs R3F, on one SST batch."""
+    batch = regularised_batch(tokenizer, length)
+    seconds = interleaved({method: regularised_step(method, batch) for method in REGULARISED}, reps)
     return [{"method": name, "length": length, "seconds": s, "ratio_to_plain": s / seconds["plain"],
-             "flop_ratio": FLOP_RATIO[name], "ratio_over_flop_ratio": s / seconds["plain"] / FLOP_RATIO[name]}
+             "ratio_to_plain_ema": s / seconds["plain+ema"], "flop_ratio": FLOP_RATIO[name],
+             "ratio_over_flop_ratio": s / seconds["plain"] / FLOP_RATIO[name]}
             for name, s in seconds.items()]
 
 
@@ -199,17 +215,23 @@ def padding_table(tokenizer) -> list[dict]:
 
 
 def memory_probe(impl: str, length: int) -> None:
-    """Child process: RSS (MiB) before and at the peak of three training steps of one contender, as JSON."""
+    """Child process: RSS (MiB) before and at the peak of three training steps of one contender
+    (an encoder implementation or a regularised method), as JSON."""
     tokenizer = load_tokenizer()
-    batch = realistic_batch(tokenizer, length)
-    labels = torch.zeros(BATCH, dtype=torch.long)
-    contender = make_contender(impl)
+    if impl in REGULARISED:
+        train_step = regularised_step(impl, regularised_batch(tokenizer, length))
+    else:
+        batch, contender = realistic_batch(tokenizer, length), make_contender(impl)
+        labels = torch.zeros(BATCH, dtype=torch.long)
+
+        def train_step():
+            contender.train_step(batch, labels)
     before = status_mib("VmRSS")
     # Reset the kernel's high-water mark so loading the data and model does not count as the peak.
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     for _ in range(3):
-        contender.train_step(batch, labels)
+        train_step()
     peak = status_mib("VmHWM")
     print(json.dumps({"rss_before_mib": before, "peak_rss_mib": peak}))
 
@@ -245,11 +267,14 @@ def print_report(report: dict) -> None:
     print("\npadding share of computed tokens over one epoch, batch 32")
     for r in report["padding"]:
         print(f"  {r['task']:>5}: bucketed {r['bucketed']:.1%}   random batches {r['random']:.1%}")
-    print("\nregularised fine-tuning step (multitask model, SST head), median seconds")
-    print(f"{'method':>7} {'seconds':>8} {'x plain':>8} {'FLOP ratio':>10} {'measured/FLOP':>13}")
+    print("\nregularised fine-tuning step (multitask model, SST head), median seconds; peak RSS over 3 steps")
+    print(f"{'method':>9} {'seconds':>8} {'x plain':>8} {'x plain+ema':>11} {'FLOP ratio':>10} {'measured/FLOP':>13} "
+          f"{'peak MiB':>8} {'above plain':>11}")
+    peaks = {r["impl"]: r["peak_rss_mib"] for r in report["regulariser_memory"]}
     for r in report["regularisers"]:
-        print(f"{r['method']:>7} {r['seconds']:>8.3f} {r['ratio_to_plain']:>7.2f}x {r['flop_ratio']:>9.1f}x "
-              f"{r['ratio_over_flop_ratio']:>13.2f}")
+        print(f"{r['method']:>9} {r['seconds']:>8.3f} {r['ratio_to_plain']:>7.2f}x {r['ratio_to_plain_ema']:>10.2f}x "
+              f"{r['flop_ratio']:>9.1f}x {r['ratio_over_flop_ratio']:>13.2f} {peaks[r['method']]:>8.0f} "
+              f"{peaks[r['method']] - peaks['plain']:>+11.0f}")
 
 
 def main() -> None:
@@ -274,12 +299,14 @@ def main() -> None:
     tokenizer = load_tokenizer()
     peak = matmul_peak()
     impls = ["minbert", "hf-sdpa"] + ([] if args.no_eager else ["hf-eager"])
+    regularised_length = 64 if 64 in args.lengths else args.lengths[0]
     report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
               "encoder": encoder_table(tokenizer, args.lengths, args.reps, not args.no_eager, peak),
               "memory": memory_table(impls, max(args.lengths)),
               "padding": padding_table(tokenizer),
-              "regularisers": regulariser_table(tokenizer, 64 if 64 in args.lengths else args.lengths[0], args.reps)}
+              "regularisers": regulariser_table(tokenizer, regularised_length, args.reps),
+              "regulariser_memory": memory_table(list(REGULARISED), regularised_length)}
     print_report(report)
     if args.json:
         from minbert.atomic import atomic_write_text

@@ -260,7 +260,7 @@ def test_quick_sets_the_small_budget_and_explicit_flags_win():
     assert script.settings_from_args(["--quick", "--epochs", "2", "--seeds", "2"]).epochs == 2
     full = script.settings_from_args(["--configs", "smart", "--", "--lr", "3e-5"])
     assert (full.epochs, full.train_limit, full.seeds, full.skip_predictions, full.out_dir, full.extra_args) == \
-        (4, None, [11711, 1, 2], False, Path("results/ablations"), ["--lr", "3e-5"])
+        (5, None, [11711, 1, 2], False, Path("results/ablations"), ["--lr", "3e-5"])
 
 
 def test_a_done_marker_counts_only_for_the_same_signature_and_all_epochs(tmp_path):
