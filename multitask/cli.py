@@ -20,7 +20,7 @@ from multitask.distributed import (DistributedError, dump_final_state, global_ba
 from multitask.evaluate import predict
 from multitask.model import HEADS, PAIR_ENCODINGS, POOLINGS, MultitaskBert
 from multitask.predictions import write_predictions
-from multitask.regularizers import RegularizerSettings, Regularizers
+from multitask.regularizers import TEACHER_WINDOW_FRACTION, RegularizerSettings, Regularizers
 from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
 from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.schedule import SCHEDULES
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     smart.add_argument("--bregman_mu", type=float, default=1.0, help="weight μ of the mean-teacher term")
     smart.add_argument("--bregman_beta", type=float, default=None,
                        help="constant momentum β of the mean teacher, which is also the weight average "
-                            "(default: 0.99 for the first 10%% of updates, then 0.999)")
+                            "(default: 0.99 for the first 10%% of updates, then 0.999, capped at "
+                            "1 - 4/updates in runs under 4,000 updates)")
     smart.add_argument("--r3f", action="store_true", help="R3F noise term (no ascent step)")
     smart.add_argument("--r3f_noise", choices=("normal", "uniform"), default="normal")
     smart.add_argument("--r3f_eps", type=float, default=1e-5, help="noise scale: std (normal) or half-width (uniform)")
@@ -245,7 +246,8 @@ def averaged_model(model: MultitaskBert, regularizers: Regularizers | None,
     """
     if regularizers is not None and regularizers.teacher is not None:
         return regularizers.teacher
-    return None if args.no_ema else MeanTeacher(model, beta=args.bregman_beta)
+    return None if args.no_ema else MeanTeacher(model, beta=args.bregman_beta,
+                                                window_fraction=TEACHER_WINDOW_FRACTION)
 
 
 def write_all_predictions(model: MultitaskBert, tokenizer, tasks: tuple[str, ...], args: argparse.Namespace,

@@ -25,14 +25,22 @@ class MeanTeacher:
     statistics) are copied from the student rather than averaged, and parameters the student does
     not train are left as copied. The student must stay on the
     device and keep the parameter names it had when the teacher was built.
+
+    `beta=None` follows the paper's schedule (0.99, then 0.999 after 10% of the updates); a number
+    is used for every update. `window_fraction` (only with the schedule) caps β so that the
+    average's time constant 1/(1 − β) is at most that fraction of the run: in a run of a few
+    hundred updates a β of 0.999 would still hold mostly the starting weights at the end.
     """
 
-    def __init__(self, model: nn.Module, beta: float | None = None) -> None:
+    def __init__(self, model: nn.Module, beta: float | None = None, window_fraction: float | None = None) -> None:
         numeric = isinstance(beta, (int, float)) and not isinstance(beta, bool)
         if beta is not None and not (numeric and 0.0 <= beta <= 1.0):
             raise ValueError(f"beta must be None (paper schedule) or a number in [0, 1], got {beta!r}")
+        if window_fraction is not None and not 0.0 < window_fraction <= 1.0:
+            raise ValueError(f"window_fraction must be None or in (0, 1], got {window_fraction!r}")
         self.student = model
         self.beta = None if beta is None else float(beta)
+        self.window_fraction = window_fraction
         self.model = copy.deepcopy(model)
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -47,7 +55,10 @@ class MeanTeacher:
         if step < 0:
             raise ValueError(f"step must be ≥ 0, got {step!r}")
         # step < 0.1·total in integers, so no float rounding decides which side a step falls on.
-        return EARLY_BETA if 10 * step < total_steps else LATE_BETA
+        beta = EARLY_BETA if 10 * step < total_steps else LATE_BETA
+        if self.window_fraction is not None:
+            beta = min(beta, max(0.0, 1.0 - 1.0 / (self.window_fraction * total_steps)))
+        return beta
 
     @torch.no_grad()
     def update(self, step: int, total_steps: int) -> float:

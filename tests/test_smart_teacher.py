@@ -77,6 +77,18 @@ def test_beta_schedule_switches_at_ten_percent() -> None:
     assert [teacher.beta_at(s, 15) for s in (0, 1, 2)] == [0.99, 0.99, 0.999]
 
 
+def test_window_cap_binds_only_in_short_runs() -> None:
+    capped = MeanTeacher(_student(), window_fraction=0.25)
+    # Time constant 1/(1 - β) ≤ a quarter of the run: β ≤ 1 - 4/total.
+    assert capped.beta_at(0, 100) == pytest.approx(0.96) and capped.beta_at(50, 100) == pytest.approx(0.96)
+    assert capped.beta_at(0, 8) == pytest.approx(0.5)
+    assert capped.beta_at(0, 2) == 0.0  # shorter than the window: the average is the latest weights
+    # From 4,000 updates on the paper's schedule is untouched, the switch at 10% included.
+    assert [capped.beta_at(s, 5000) for s in (0, 499, 500, 4999)] == [0.99, 0.99, 0.999, 0.999]
+    # A constant β is honoured as given.
+    assert MeanTeacher(_student(), beta=0.999, window_fraction=0.25).beta_at(5, 10) == 0.999
+
+
 def test_late_update_uses_late_beta() -> None:
     student = _student()
     teacher = MeanTeacher(student)
@@ -128,6 +140,8 @@ def test_state_dict_round_trip_keeps_teacher_frozen() -> None:
 def test_invalid_arguments_raise() -> None:
     with pytest.raises(ValueError, match="beta"):
         MeanTeacher(_student(), beta=1.5)
+    with pytest.raises(ValueError, match="window_fraction"):
+        MeanTeacher(_student(), window_fraction=0.0)
     with pytest.raises(ValueError, match="total_steps"):
         MeanTeacher(_student()).beta_at(0, 0)
 

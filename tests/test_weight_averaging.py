@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 from minbert import BertModel
+from multitask.cli import averaged_model, build_parser, build_regularizers
 from multitask.evaluate import predict, score
 from multitask.model import MultitaskBert
+from multitask.regularizers import TEACHER_WINDOW_FRACTION
 from multitask.train import Trainer, TrainSettings
 from smart import MeanTeacher
 from tests.test_smart_training import TINY, tiny_tasks, weights
@@ -78,3 +80,14 @@ def test_a_frozen_encoder_is_not_averaged_and_stays_equal(tmp_path):
     heads = [k for k in student if k.startswith("heads.")]
     assert encoder and all(torch.equal(student[k], average[k]) for k in encoder)
     assert any(not torch.equal(student[k], average[k]) for k in heads)
+
+
+def test_the_cli_caps_the_window_of_the_average_and_of_smarts_teacher():
+    model = MultitaskBert(BertModel(TINY))
+    for flags in ([], ["--smart"], ["--smart", "--no_bregman"]):
+        args = build_parser().parse_args(flags)
+        average = averaged_model(model, build_regularizers(model, args), args)
+        assert average.window_fraction == TEACHER_WINDOW_FRACTION, flags
+        # A short run's average follows the weights; a run of the default length keeps the paper's β.
+        assert average.beta_at(50, 200) < 0.99 and average.beta_at(4000, 5000) == 0.999, flags
+    assert averaged_model(model, None, build_parser().parse_args(["--no_ema"])) is None
