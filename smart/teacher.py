@@ -23,8 +23,8 @@ class MeanTeacher:
     of its parameters: the teacher moves only through `update`, never through gradients. Its
     train/eval mode is copied from the student and left to the caller. Buffers (e.g. running
     statistics) are copied from the student rather than averaged, and parameters the student does
-    not train are left as copied. The student must stay on the
-    device and keep the parameter names it had when the teacher was built.
+    not train are left as copied. The student must stay on the device and keep the parameter
+    names it had when the teacher was built.
 
     `beta=None` follows the paper's schedule (0.99, then 0.999 after 10% of the updates); a number
     is used for every update. `window_fraction` (only with the schedule) caps β so that the
