@@ -20,7 +20,7 @@ from multitask.distributed import (DistributedError, dump_final_state, global_ba
 from multitask.evaluate import predict
 from multitask.model import HEADS, PAIR_ENCODINGS, POOLINGS, MultitaskBert
 from multitask.predictions import write_predictions
-from multitask.regularizers import TEACHER_WINDOW_FRACTION, RegularizerSettings, Regularizers
+from multitask.regularizers import RegularizerSettings, Regularizers, mean_teacher
 from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
 from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.schedule import SCHEDULES
@@ -246,8 +246,7 @@ def averaged_model(model: MultitaskBert, regularizers: Regularizers | None,
     """
     if regularizers is not None and regularizers.teacher is not None:
         return regularizers.teacher
-    return None if args.no_ema else MeanTeacher(model, beta=args.bregman_beta,
-                                                window_fraction=TEACHER_WINDOW_FRACTION)
+    return None if args.no_ema else mean_teacher(model, args.bregman_beta)
 
 
 def write_all_predictions(model: MultitaskBert, tokenizer, tasks: tuple[str, ...], args: argparse.Namespace,

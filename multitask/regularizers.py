@@ -16,6 +16,11 @@ from smart import MeanTeacher, bregman_loss, r3f_loss, smoothness_loss
 TEACHER_WINDOW_FRACTION = 0.25
 
 
+def mean_teacher(model: MultitaskBert, beta: float | None) -> MeanTeacher:
+    """The run's mean teacher: `beta` constant, or None for the paper's schedule under the cap."""
+    return MeanTeacher(model, beta=beta, window_fraction=TEACHER_WINDOW_FRACTION)
+
+
 @dataclass
 class RegularizerSettings:
     """Which regularisers run and their weights; defaults are the SMART paper's."""
@@ -49,8 +54,7 @@ class Regularizers:
 
     def __init__(self, model: MultitaskBert, settings: RegularizerSettings) -> None:
         self.settings = settings
-        self.teacher = MeanTeacher(model, beta=settings.bregman_beta,
-                                   window_fraction=TEACHER_WINDOW_FRACTION) if self.uses_teacher else None
+        self.teacher = mean_teacher(model, settings.bregman_beta) if self.uses_teacher else None
 
     @property
     def uses_teacher(self) -> bool:
