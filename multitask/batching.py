@@ -55,10 +55,26 @@ class EncodedTask(Dataset):
         return len(self.input_ids)
 
     def __getitem__(self, i: int) -> Item:
-        item: Item = {"index": i, "input_ids": self.input_ids[i], "token_type_ids": self.token_type_ids[i]}
-        if self.input_ids_b is not None and self.token_type_ids_b is not None:
-            item["input_ids_b"] = self.input_ids_b[i]
-            item["token_type_ids_b"] = self.token_type_ids_b[i]
+        return self.item(i)
+
+    def item(self, i: int, swapped: bool = False) -> Item:
+        """Example i; `swapped`: a pair with its two sentences in the other order.
+
+        Paraphrase and similarity are symmetric relations, so the swapped pair has the same label.
+        """
+        ids, types = self.input_ids[i], self.token_type_ids[i]
+        ids_b = None if self.input_ids_b is None else self.input_ids_b[i]
+        types_b = None if self.token_type_ids_b is None else self.token_type_ids_b[i]
+        if swapped:
+            if self.pair_encoding is None:
+                raise ValueError(f"task {self.name!r} has single sentences; only pairs can be swapped")
+            if ids_b is None:
+                ids, types = swap_cross_pair(ids, types)
+            else:
+                ids, types, ids_b, types_b = ids_b, types_b, ids, types
+        item: Item = {"index": i, "input_ids": ids, "token_type_ids": types}
+        if ids_b is not None:
+            item["input_ids_b"], item["token_type_ids_b"] = ids_b, types_b
         if self.labels is not None:
             item["label"] = self.labels[i]
         return item
@@ -80,9 +96,26 @@ class EncodedTask(Dataset):
     def collate(self, items: Sequence[Item]) -> dict[str, torch.Tensor]:
         return collate(items, self.pad_id)
 
-    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        """The collated batch for these dataset positions."""
-        return collate([self[i] for i in indices], self.pad_id)
+    def batch(self, indices: Sequence[int], swapped: Sequence[bool] | bool = False) -> dict[str, torch.Tensor]:
+        """The collated batch for these dataset positions; `swapped`: all pairs, or those flagged,
+        with their sentences in the other order."""
+        flags = [swapped] * len(indices) if isinstance(swapped, bool) else list(swapped)
+        if len(flags) != len(indices):
+            raise ValueError(f"{len(flags)} swap flags for {len(indices)} examples")
+        return collate([self.item(i, flag) for i, flag in zip(indices, flags)], self.pad_id)
+
+
+def swap_cross_pair(ids: list[int], types: list[int]) -> tuple[list[int], list[int]]:
+    """`[CLS] a [SEP] b [SEP]` with segment ids 0…0 1…1 turned into `[CLS] b [SEP] a [SEP]`.
+
+    Works on the tokens, so both orders share one tokenization and one truncation.
+    """
+    first = types.count(0)  # [CLS] a [SEP]
+    if first < 2 or len(ids) - first < 1 or types[:first] != [0] * first:
+        raise ValueError(f"not a cross-encoded pair (segment ids {types})")
+    a, b = ids[1:first - 1], ids[first:-1]
+    cls, sep = ids[0], ids[-1]
+    return [cls, *b, sep, *a, sep], [0] * (len(b) + 2) + [1] * (len(a) + 1)
 
 
 def encode_task(examples: Iterable[Example], tokenizer: BertTokenizer, task: Task,

@@ -34,7 +34,7 @@ def save_checkpoint(model: MultitaskBert, directory: str | Path, settings: dict,
         model.encoder.save_pretrained(staging, tokenizer_from=tokenizer_from)
         save_tensors(head_tensors(model), staging / HEADS_FILE)
         run = {"tasks": list(model.tasks), "pooling": model.pooling, "pair_encoding": model.pair_encoding,
-               "settings": settings, "dev_scores": scores}
+               "symmetric_pairs": model.symmetric_pairs, "settings": settings, "dev_scores": scores}
         atomic_write_text(staging / RUN_FILE, json.dumps(run, indent=2, default=str) + "\n")
 
 
@@ -48,10 +48,13 @@ def load_checkpoint(directory: str | Path, **encoder_overrides) -> tuple[Multita
     try:
         run = json.loads(run_file.read_text(encoding="utf-8"))
         tasks, pooling, pair_encoding = tuple(run["tasks"]), run["pooling"], run["pair_encoding"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        # Checkpoints from before the option predicted pairs in the order read.
+        symmetric_pairs = bool(run.get("symmetric_pairs", False))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{run_file}: unreadable run record ({err!r})") from err
     encoder = BertModel.from_pretrained(directory, **encoder_overrides)
-    model = MultitaskBert(encoder, tasks, pooling=pooling, pair_encoding=pair_encoding)
+    model = MultitaskBert(encoder, tasks, pooling=pooling, pair_encoding=pair_encoding,
+                          symmetric_pairs=symmetric_pairs)
     heads = read_tensors(directory / HEADS_FILE)
     expected = head_tensors(model)
     if set(heads) != set(expected):

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentence vector: mean of the last layer over real tokens, or the [CLS] pooler output")
     p.add_argument("--pair_encoding", choices=PAIR_ENCODINGS, default="cross")
     p.add_argument("--schedule", choices=SCHEDULES, default="round_robin")
+    p.add_argument("--no_pair_swap", action="store_true",
+                   help="keep each pair's sentences in the order read; by default a training pair is shown "
+                        "in a random order and a pair's prediction averages both orders")
     p.add_argument("--grad_accum", type=int, default=1)
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--eval_batch_size", type=int, default=128)
@@ -163,7 +166,7 @@ def run(args: argparse.Namespace) -> None:
     encoder = BertModel.from_pretrained(args.pretrained, hidden_dropout_prob=args.hidden_dropout_prob,
                                         unpad_inputs=True)
     model = MultitaskBert(encoder, tasks, pooling=args.pooling, pair_encoding=args.pair_encoding,
-                          head_dropout=args.hidden_dropout_prob)
+                          head_dropout=args.hidden_dropout_prob, symmetric_pairs=not args.no_pair_swap)
     if args.option == "pretrain":
         encoder.requires_grad_(False)
     model.to(device)
@@ -171,7 +174,8 @@ def run(args: argparse.Namespace) -> None:
     settings = TrainSettings(epochs=args.epochs, lr=lr, head_lr=args.head_lr,
                              batch_size=global_batch_size(args.batch_size, args.global_batch_size, env.world_size),
                              eval_batch_size=args.eval_batch_size, grad_accum=args.grad_accum,
-                             weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
+                             weight_decay=args.weight_decay, schedule=args.schedule,
+                             swap_pairs=not args.no_pair_swap, seed=args.seed,
                              max_bad_steps=args.max_bad_steps)
     record_settings = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                        **dataclasses.asdict(settings), "world_size": env.world_size}

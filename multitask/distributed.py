@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +19,8 @@ from multitask.model import MultitaskBert
 from multitask.runtime import pick_device, to_device
 from multitask.train import Trainer
 from smart import MeanTeacher
+
+T = TypeVar("T")
 
 # Test hook: when set to a directory, every rank writes its final student and teacher tensors
 # there as rank<R>.safetensors, so a test can compare the processes' states (see dump_final_state).
@@ -111,8 +113,8 @@ def global_batch_size(batch_size: int, global_size: int | None, world_size: int)
     return global_size
 
 
-def shard(indices: list[int], rank: int, world_size: int) -> tuple[list[int], float]:
-    """This rank's share of a global batch, and the weight that makes DDP's average the batch mean.
+def shard(indices: list[T], rank: int, world_size: int) -> tuple[list[T], float]:
+    """This rank's share of a global batch (or of its per-example flags), and the weight that makes DDP's average the batch mean.
 
     Every loss term is a mean over the examples a rank sees, and DDP averages the ranks'
     gradients. With shards of sizes n_r out of N, scaling rank r's terms by n_r·W/N makes that
@@ -189,9 +191,12 @@ class ParallelTrainer(Trainer):
                     dist.broadcast(tensor, src=0)
         torch.manual_seed(rank_seed(self.settings.seed, env.rank))
 
-    def run_step(self, task: str, indices: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def run_step(self, task: str, indices: list[int],
+                 swapped: list[bool]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         local, weight = shard(indices, self.env.rank, self.env.world_size)
-        terms = self.step_terms(task, to_device(self.train_sets[task].batch(local), self.device))
+        local_swapped, _ = shard(swapped, self.env.rank, self.env.world_size)
+        batch = self.train_sets[task].batch(local, local_swapped)
+        terms = self.step_terms(task, to_device(batch, self.device))
         if weight != 1.0:
             terms = {name: value * weight for name, value in terms.items()}
         # Σ_r weight_r·term_r / W is the term over the whole global batch; every rank gets the same

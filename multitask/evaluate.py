@@ -42,15 +42,21 @@ def batch_outputs(model: MultitaskBert, dataset: EncodedTask, batches: list[list
     """(head outputs, dataset positions) of each of these batches, on the CPU, in eval mode.
 
     Split from `raw_outputs` so that processes of a distributed run can each compute a share of
-    the same batches and gather them: identical batches give identical outputs.
+    the same batches and gather them: identical batches give identical outputs. A model with
+    `symmetric_pairs` scores each pair in both sentence orders and averages the two outputs.
     """
     was_training = model.training
     model.eval()
+    both_orders = model.symmetric_pairs and dataset.pair_encoding is not None
     outputs, order = [], []
     for indices in tqdm(batches, desc=f"eval {dataset.name}", leave=False, disable=not show_progress()):
         batch = to_device(dataset.batch(indices), device)
         with autocast(device):
-            outputs.append(model(dataset.name, batch).float().cpu())
+            output = model(dataset.name, batch).float()
+            if both_orders:
+                swapped = to_device(dataset.batch(indices, swapped=True), device)
+                output = (output + model(dataset.name, swapped).float()) / 2
+        outputs.append(output.cpu())
         order.append(batch["index"].cpu())
     model.train(was_training)
     return outputs, order

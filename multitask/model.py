@@ -37,10 +37,11 @@ class MultitaskBert(nn.Module):
     Pairs are encoded jointly (`cross`: [CLS] a [SEP] b [SEP]) or separately (`bi`: features
     [u, v, |u−v|, u⊙v]). For `bi` the two sides are stacked along the batch, so a task's input
     is always one embeddings tensor and one mask — the single function SMART perturbs.
+    With `symmetric_pairs`, evaluation averages a pair's outputs over (a, b) and (b, a).
     """
 
     def __init__(self, encoder: BertModel, tasks: tuple[str, ...] = tuple(HEADS), pooling: str = "mean",
-                 pair_encoding: str = "cross", head_dropout: float = 0.1) -> None:
+                 pair_encoding: str = "cross", head_dropout: float = 0.1, symmetric_pairs: bool = False) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
@@ -53,6 +54,8 @@ class MultitaskBert(nn.Module):
         self.tasks = tuple(tasks)
         self.pooling = pooling
         self.pair_encoding = pair_encoding
+        # Read by evaluation (multitask.evaluate): predict a pair as the mean over both sentence orders.
+        self.symmetric_pairs = symmetric_pairs
         self.dropout = nn.Dropout(head_dropout)
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict()

@@ -46,6 +46,7 @@ class TrainSettings:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     schedule: str = "round_robin"
+    swap_pairs: bool = True  # show each training pair in a random sentence order
     seed: int = 0
     max_bad_steps: int = 20
 
@@ -212,9 +213,14 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
-    def epoch_plan(self, epoch: int) -> list[tuple[str, list[int]]]:
-        """(task, batch indices) for every step of an epoch; tasks that run dry start a new pass."""
+    def epoch_plan(self, epoch: int) -> list[tuple[str, list[int], list[bool]]]:
+        """(task, batch indices, swap flags) for every step of an epoch; tasks that run dry start a new pass.
+
+        With `swap_pairs`, each pair is flagged for the other sentence order with probability ½:
+        the relations are symmetric, so this doubles the distinct inputs at no cost.
+        """
         rng = np.random.default_rng([self.settings.seed, epoch, 1])
+        swap_rng = np.random.default_rng([self.settings.seed, epoch, 2])
         per_task = {name: len(s) for name, s in self.samplers.items()}
         order = task_order(self.settings.schedule, per_task, rng, epoch, self.settings.epochs)
         queues = {name: [] for name in per_task}
@@ -225,7 +231,10 @@ class Trainer:
                 # Each extra pass over a small task gets its own shuffle, still reproducible.
                 queues[task] = self.samplers[task].batches_for(epoch * 1000 + passes[task])
                 passes[task] += 1
-            plan.append((task, queues[task].pop()))
+            indices = queues[task].pop()
+            swap = self.settings.swap_pairs and self.train_sets[task].pair_encoding is not None
+            plan.append((task, indices, (swap_rng.random(len(indices)) < 0.5).tolist() if swap
+                         else [False] * len(indices)))
         return plan
 
     def train_epoch(self, epoch: int) -> EpochRecord:
@@ -241,9 +250,9 @@ class Trainer:
         bar = tqdm(total=len(plan), initial=progress.step, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
                    disable=not show_progress())
         for step in range(progress.step, len(plan)):
-            task, indices = plan[step]
+            task, indices, swapped = plan[step]
             bar.update()
-            terms, reported = self.run_step(task, indices)
+            terms, reported = self.run_step(task, indices, swapped)
             loss = sum(terms.values())
             # Decided on the reported terms, which every process of a distributed run shares, so
             # all of them skip the same steps.
@@ -274,13 +283,14 @@ class Trainer:
                            progress.examples, self.bad_steps - progress.bad_steps_before,
                            {"lr": self.scheduler.get_last_lr()[0]})
 
-    def run_step(self, task: str, indices: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def run_step(self, task: str, indices: list[int],
+                 swapped: list[bool]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(terms to backpropagate, terms to report) for the batch at these dataset positions.
 
         In one process they are the same; ParallelTrainer computes this process's share of the
         batch and reports the terms of the whole batch.
         """
-        terms = self.step_terms(task, to_device(self.train_sets[task].batch(indices), self.device))
+        terms = self.step_terms(task, to_device(self.train_sets[task].batch(indices, swapped), self.device))
         return terms, terms
 
     def step_terms(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

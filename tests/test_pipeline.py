@@ -78,11 +78,11 @@ def output_args(directory: Path) -> tuple[list[str], dict[tuple[str, str], Path]
     return [arg for (task, split), path in outputs.items() for arg in (f"--{task}_{split}_out", str(path))], outputs
 
 
-def train_run(tiny_data: dict, out_dir: Path, option: str = "finetune", epochs: int = 1) -> dict:
+def train_run(tiny_data: dict, out_dir: Path, option: str = "finetune", epochs: int = 1, *extra: str) -> dict:
     """One full training run through the CLI; returns where everything went."""
     out_args, outputs = output_args(out_dir / "predictions")
     main(["--option", option, "--epochs", str(epochs), "--batch_size", "8", "--seed", SEED, "--device", "cpu",
-          *data_args(tiny_data), *out_args, "--out_dir", str(out_dir)])
+          *data_args(tiny_data), *out_args, "--out_dir", str(out_dir), *extra])
     metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return {"out_dir": out_dir, "best": out_dir / "best", "outputs": outputs, "metrics": metrics}
 
@@ -99,8 +99,8 @@ def finetune_rerun(tiny_data, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def pretrain_run(tiny_data, tmp_path_factory) -> dict:
-    # Two epochs, so metrics.jsonl is checked with more than one line too.
-    return train_run(tiny_data, tmp_path_factory.mktemp("pretrain"), option="pretrain", epochs=2)
+    # Two epochs, so metrics.jsonl is checked with more than one line too; --no_pair_swap to check that switch.
+    return train_run(tiny_data, tmp_path_factory.mktemp("pretrain"), "pretrain", 2, "--no_pair_swap")
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,8 @@ def test_finetune_saves_the_best_checkpoint(finetune_run, packaged_encoder):
         assert not (finetune_run["out_dir"] / leftover).exists()
     run = json.loads((best / "run.json").read_text())
     assert run["tasks"] == ["sst", "para", "sts"]
+    # Pairs are swapped in training and scored in both orders unless --no_pair_swap.
+    assert run["symmetric_pairs"] is True and run["settings"]["swap_pairs"] is True
     assert run["dev_scores"]["dev_mean"] == pytest.approx(finetune_run["metrics"][0]["dev_mean"])
     heads = load_file(str(best / "heads.safetensors"))
     assert {key.split(".")[0] for key in heads} == {"sst", "para", "sts"}
@@ -188,6 +190,8 @@ def test_pretrain_keeps_the_encoder_and_trains_the_heads(pretrain_run, packaged_
         assert heads[f"{task}.bias"].abs().max() > 0, task
     assert [record["epoch"] for record in pretrain_run["metrics"]] == [1, 2]
     check_predictions(pretrain_run, tiny_data)
+    run = json.loads((pretrain_run["best"] / "run.json").read_text())
+    assert run["symmetric_pairs"] is False and run["settings"]["swap_pairs"] is False  # --no_pair_swap
 
 
 # ------------------------------------------------------------------------------------------------- errors
