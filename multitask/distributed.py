@@ -114,7 +114,8 @@ def global_batch_size(batch_size: int, global_size: int | None, world_size: int)
 
 
 def shard(indices: list[T], rank: int, world_size: int) -> tuple[list[T], float]:
-    """This rank's share of a global batch (or of its per-example flags), and the weight that makes DDP's average the batch mean.
+    """This rank's share of a global batch (or of its per-example flags), and the weight that makes
+    DDP's average the batch mean.
 
     Every loss term is a mean over the examples a rank sees, and DDP averages the ranks'
     gradients. With shards of sizes n_r out of N, scaling rank r's terms by n_r·W/N makes that
