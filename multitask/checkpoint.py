@@ -50,7 +50,7 @@ def load_checkpoint(directory: str | Path, **encoder_overrides) -> tuple[Multita
         tasks, pooling, pair_encoding = tuple(run["tasks"]), run["pooling"], run["pair_encoding"]
         # Checkpoints from before the option predicted pairs in the order read.
         symmetric_pairs = bool(run.get("symmetric_pairs", False))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"{run_file}: unreadable run record ({err!r})") from err
     encoder = BertModel.from_pretrained(directory, **encoder_overrides)
     model = MultitaskBert(encoder, tasks, pooling=pooling, pair_encoding=pair_encoding,

@@ -124,4 +124,3 @@ def test_symmetric_pairs_survive_a_checkpoint_and_old_checkpoints_read_as_read(t
     del record["symmetric_pairs"]
     run_file.write_text(json.dumps(record))
     assert load_checkpoint(tmp_path / "ck")[0].symmetric_pairs is False
-
