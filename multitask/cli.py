@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     smart.add_argument("--r3f_noise", choices=("normal", "uniform"), default="normal")
     smart.add_argument("--r3f_eps", type=float, default=1e-5, help="noise scale: std (normal) or half-width (uniform)")
     smart.add_argument("--r3f_lambda", type=float, default=1.0, help="weight of the R3F term")
+    smart.add_argument("--regularize_tasks", default=None,
+                       help="comma-separated tasks whose steps get the --smart / --r3f terms (default: all)")
     p.add_argument("--out_dir", type=Path, default=Path("runs/multitask"),
                    help="metrics.jsonl and the best checkpoint (<out_dir>/best) go here")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for --predict_only (default <out_dir>/best)")
@@ -110,11 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_tasks(text: str) -> tuple[str, ...]:
+def parse_tasks(text: str, flag: str = "--tasks") -> tuple[str, ...]:
     tasks = tuple(t.strip() for t in text.split(",") if t.strip())
     unknown = [t for t in tasks if t not in HEADS]
     if not tasks or unknown:
-        raise SystemExit(f"--tasks: unknown task(s) {unknown or text!r}; choose from {','.join(HEADS)}")
+        raise SystemExit(f"{flag}: unknown task(s) {unknown or text!r}; choose from {','.join(HEADS)}")
     return tasks
 
 
@@ -236,9 +238,13 @@ def build_regularizers(model: MultitaskBert, args: argparse.Namespace) -> Regula
         adversarial=args.smart and not args.no_adversarial, bregman=args.smart and not args.no_bregman,
         r3f=args.r3f, **{k: getattr(args, k) for k in (
             "smart_lambda", "smart_eps", "smart_sigma", "smart_step_size", "smart_steps", "bregman_mu",
-            "bregman_beta", "r3f_noise", "r3f_eps", "r3f_lambda")})
+            "bregman_beta", "r3f_noise", "r3f_eps", "r3f_lambda")},
+        tasks=None if args.regularize_tasks is None else parse_tasks(args.regularize_tasks, "--regularize_tasks"))
     if (args.no_adversarial or args.no_bregman) and not args.smart:
         raise SystemExit("--no_adversarial / --no_bregman switch off parts of --smart; add --smart")
+    untrained = [t for t in settings.tasks or () if t not in model.tasks]
+    if untrained:
+        raise SystemExit(f"--regularize_tasks: {','.join(untrained)} not among the trained --tasks {','.join(model.tasks)}")
     return Regularizers(model, settings) if settings.any else None
 
 

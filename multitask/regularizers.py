@@ -38,6 +38,9 @@ class RegularizerSettings:
     r3f_noise: str = "normal"
     r3f_eps: float = 1e-5
     r3f_lambda: float = 1.0
+    # The tasks whose steps get the SMART/R3F terms; None: every task. A small task that
+    # overfits (SST) can be smoothed without paying the extra passes on the large ones.
+    tasks: tuple[str, ...] | None = None
 
     @property
     def any(self) -> bool:
@@ -64,6 +67,8 @@ class Regularizers:
                  mask: torch.Tensor, output: torch.Tensor) -> dict[str, torch.Tensor]:
         s, kind = self.settings, HEADS[task].kind
         terms = {}
+        if s.tasks is not None and task not in s.tasks:
+            return terms
 
         def fn(perturbed: torch.Tensor) -> torch.Tensor:
             return model.predict_from_embeddings(task, perturbed, mask)

@@ -220,3 +220,15 @@ def test_unusable_training_file_exits_with_one_line_naming_it(tiny_data, tmp_pat
               "--out_dir", str(tmp_path / "run")])
     message = str(excinfo.value.code)
     assert message.startswith(f"error: {bad}: ") and reason in message and "\n" not in message
+
+
+@pytest.mark.parametrize("tasks,regularized,expected", [
+    ("para", "sst", "--regularize_tasks: sst not among the trained --tasks para"),
+    ("sst,para,sts", "sst,nli", "--regularize_tasks: unknown task(s) ['nli']"),
+])
+def test_regularising_a_task_not_trained_exits_naming_it(tiny_data, tmp_path, tasks, regularized, expected):
+    out_args, _ = output_args(tmp_path / "predictions")
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--option", "finetune", "--device", "cpu", *data_args(tiny_data), *out_args, "--tasks", tasks,
+              "--r3f", "--regularize_tasks", regularized, "--out_dir", str(tmp_path / "run")])
+    assert str(excinfo.value.code).startswith(expected)
