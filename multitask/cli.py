@@ -90,12 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="constant momentum β of the mean teacher, which is also the weight average "
                             "(default: 0.99 for the first 10%% of updates, then 0.999, capped at "
                             "1 - 4/updates in runs under 4,000 updates)")
-    smart.add_argument("--r3f", action="store_true", help="R3F noise term (no ascent step)")
+    smart.add_argument("--smart_tasks", default=None,
+                       help="comma-separated tasks whose steps get the --smart terms (default: all)")
+    smart.add_argument("--r3f", action="store_true",
+                       help="R3F noise term (no ascent step) on every task's steps")
+    smart.add_argument("--r3f_tasks", default=None,
+                       help="comma-separated tasks whose steps get the R3F term, or none (default: sst for "
+                            "--option finetune without --smart or --r3f, the recipe measured in the README; "
+                            "every task with --r3f; none otherwise)")
     smart.add_argument("--r3f_noise", choices=("normal", "uniform"), default="normal")
     smart.add_argument("--r3f_eps", type=float, default=1e-5, help="noise scale: std (normal) or half-width (uniform)")
     smart.add_argument("--r3f_lambda", type=float, default=1.0, help="weight of the R3F term")
-    smart.add_argument("--regularize_tasks", default=None,
-                       help="comma-separated tasks whose steps get the --smart / --r3f terms (default: all)")
     p.add_argument("--out_dir", type=Path, default=Path("runs/multitask"),
                    help="metrics.jsonl and the best checkpoint (<out_dir>/best) go here")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for --predict_only (default <out_dir>/best)")
@@ -147,6 +152,9 @@ def run(args: argparse.Namespace) -> None:
         write_all_predictions(model, load_tokenizer(checkpoint), tasks, args, device, record["settings"]["max_length"])
         return
 
+    if args.r3f_tasks is None:
+        # Resolved before the run's fingerprint and record, so both name the tasks that get the term.
+        args.r3f_tasks = default_r3f_tasks(args, tasks)
     if args.save_every < 0:
         raise SystemExit(f"--save_every must be ≥ 0 (0: save only at epoch ends), got {args.save_every}")
     tokenizer = load_tokenizer(args.pretrained)
@@ -232,19 +240,33 @@ def open_run_state(args: argparse.Namespace, tasks: tuple[str, ...], device: tor
     return run_state, saved
 
 
+def default_r3f_tasks(args: argparse.Namespace, tasks: tuple[str, ...]) -> str:
+    """--r3f_tasks when not given: every task with --r3f; SST alone in a fine-tuning run that asks
+    for no other regulariser (the default recipe: it keeps SST from overfitting in later epochs,
+    see the README's Results); none otherwise."""
+    if args.r3f:
+        return ",".join(tasks)
+    if args.option == "finetune" and not args.smart and "sst" in tasks:
+        return "sst"
+    return "none"
+
+
 def build_regularizers(model: MultitaskBert, args: argparse.Namespace) -> Regularizers | None:
     """The SMART / R3F terms the flags ask for, or None for plain fine-tuning."""
+    smart_tasks = None if args.smart_tasks is None else parse_tasks(args.smart_tasks, "--smart_tasks")
+    r3f_spec = default_r3f_tasks(args, model.tasks) if args.r3f_tasks is None else args.r3f_tasks
+    r3f_tasks = () if r3f_spec == "none" else parse_tasks(r3f_spec, "--r3f_tasks")
     settings = RegularizerSettings(
         adversarial=args.smart and not args.no_adversarial, bregman=args.smart and not args.no_bregman,
-        r3f=args.r3f, **{k: getattr(args, k) for k in (
+        r3f=bool(r3f_tasks), smart_tasks=smart_tasks, r3f_tasks=r3f_tasks, **{k: getattr(args, k) for k in (
             "smart_lambda", "smart_eps", "smart_sigma", "smart_step_size", "smart_steps", "bregman_mu",
-            "bregman_beta", "r3f_noise", "r3f_eps", "r3f_lambda")},
-        tasks=None if args.regularize_tasks is None else parse_tasks(args.regularize_tasks, "--regularize_tasks"))
+            "bregman_beta", "r3f_noise", "r3f_eps", "r3f_lambda")})
     if (args.no_adversarial or args.no_bregman) and not args.smart:
         raise SystemExit("--no_adversarial / --no_bregman switch off parts of --smart; add --smart")
-    untrained = [t for t in settings.tasks or () if t not in model.tasks]
-    if untrained:
-        raise SystemExit(f"--regularize_tasks: {','.join(untrained)} not among the trained --tasks {','.join(model.tasks)}")
+    for flag, named in (("--smart_tasks", smart_tasks), ("--r3f_tasks", r3f_tasks)):
+        untrained = [t for t in named or () if t not in model.tasks]
+        if untrained:
+            raise SystemExit(f"{flag}: {','.join(untrained)} not among the trained --tasks {','.join(model.tasks)}")
     return Regularizers(model, settings) if settings.any else None
 
 

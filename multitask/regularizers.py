@@ -38,9 +38,10 @@ class RegularizerSettings:
     r3f_noise: str = "normal"
     r3f_eps: float = 1e-5
     r3f_lambda: float = 1.0
-    # The tasks whose steps get the SMART/R3F terms; None: every task. A small task that
-    # overfits (SST) can be smoothed without paying the extra passes on the large ones.
-    tasks: tuple[str, ...] | None = None
+    # The tasks whose steps get the SMART terms and the R3F term; None: every task. A small task
+    # that overfits (SST) can be smoothed without paying the extra passes on the large ones.
+    smart_tasks: tuple[str, ...] | None = None
+    r3f_tasks: tuple[str, ...] | None = None
 
     @property
     def any(self) -> bool:
@@ -67,20 +68,20 @@ class Regularizers:
                  mask: torch.Tensor, output: torch.Tensor) -> dict[str, torch.Tensor]:
         s, kind = self.settings, HEADS[task].kind
         terms = {}
-        if s.tasks is not None and task not in s.tasks:
-            return terms
+        smart_here = s.smart_tasks is None or task in s.smart_tasks
+        r3f_here = s.r3f_tasks is None or task in s.r3f_tasks
 
         def fn(perturbed: torch.Tensor) -> torch.Tensor:
             return model.predict_from_embeddings(task, perturbed, mask)
 
-        if s.adversarial and s.smart_lambda != 0:
+        if smart_here and s.adversarial and s.smart_lambda != 0:
             terms["adversarial"] = s.smart_lambda * smoothness_loss(
                 fn, embeddings, output, kind, eps=s.smart_eps, sigma=s.smart_sigma, step_size=s.smart_step_size,
                 steps=s.smart_steps, mask=mask)
-        if s.r3f and s.r3f_lambda != 0:
+        if r3f_here and s.r3f and s.r3f_lambda != 0:
             terms["r3f"] = s.r3f_lambda * r3f_loss(fn, embeddings, output, kind, eps=s.r3f_eps, noise=s.r3f_noise,
                                                    mask=mask)
-        if self.teacher is not None:
+        if smart_here and self.teacher is not None:
             # The teacher is a fixed target: no dropout, no graph.
             self.teacher.model.eval()
             with torch.no_grad():

@@ -15,7 +15,7 @@ import pytest
 from multitask.ablation import (GRID, GridError, GridSettings, RunResult, build_command, check_extra_args,
                                 finished_marker, parse_configs, parse_seeds, run_signature)
 from multitask.ablation_report import aggregate, format_stat, markdown, mean_std, report_paths
-from multitask.cli import build_parser
+from multitask.cli import build_parser, default_r3f_tasks
 from multitask.predictions import read_predictions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -224,6 +224,9 @@ def test_each_configuration_builds_a_command_the_classifier_accepts(tmp_path):
         command = build_command(grid, config, 3, tmp_path / "mlm_encoder")
         args = build_parser().parse_args(command[2:])
         assert (args.smart, args.no_adversarial, args.no_bregman, args.r3f) == expected[name], name
+        # Only the r3f row has an R3F term: the default one on SST is off in every other row.
+        r3f_tasks = args.r3f_tasks or default_r3f_tasks(args, ("sst", "para", "sts"))
+        assert (r3f_tasks != "none") == (name == "r3f"), (name, r3f_tasks)
         assert (args.option, args.epochs, args.seed, args.train_limit, args.dev_limit, args.batch_size) == \
             ("finetune", 2, 3, 64, 20, 16)
         assert args.out_dir == tmp_path / "abl" / name / "seed3"

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from minbert import BertModel
-from multitask.cli import main
+from multitask.cli import build_parser, default_r3f_tasks, main
 from multitask.predictions import read_predictions
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -150,6 +150,9 @@ def test_finetune_saves_the_best_checkpoint(finetune_run, packaged_encoder):
     assert run["tasks"] == ["sst", "para", "sts"]
     # Pairs are swapped in training and scored in both orders unless --no_pair_swap.
     assert run["symmetric_pairs"] is True and run["settings"]["swap_pairs"] is True
+    # The default fine-tuning recipe adds the R3F term on SST steps, and only there.
+    assert run["settings"]["r3f_tasks"] == "sst"
+    assert {key for key in finetune_run["metrics"][0] if key.endswith("_r3f")} == {"loss_sst_r3f"}
     assert run["dev_scores"]["dev_mean"] == pytest.approx(finetune_run["metrics"][0]["dev_mean"])
     heads = load_file(str(best / "heads.safetensors"))
     assert {key.split(".")[0] for key in heads} == {"sst", "para", "sts"}
@@ -192,6 +195,8 @@ def test_pretrain_keeps_the_encoder_and_trains_the_heads(pretrain_run, packaged_
     check_predictions(pretrain_run, tiny_data)
     run = json.loads((pretrain_run["best"] / "run.json").read_text())
     assert run["symmetric_pairs"] is False and run["settings"]["swap_pairs"] is False  # --no_pair_swap
+    assert run["settings"]["r3f_tasks"] == "none"  # the SST R3F default is for fine-tuning only
+    assert not any(key.endswith("_r3f") for record in pretrain_run["metrics"] for key in record)
 
 
 # ------------------------------------------------------------------------------------------------- errors
@@ -222,13 +227,25 @@ def test_unusable_training_file_exits_with_one_line_naming_it(tiny_data, tmp_pat
     assert message.startswith(f"error: {bad}: ") and reason in message and "\n" not in message
 
 
-@pytest.mark.parametrize("tasks,regularized,expected", [
-    ("para", "sst", "--regularize_tasks: sst not among the trained --tasks para"),
-    ("sst,para,sts", "sst,nli", "--regularize_tasks: unknown task(s) ['nli']"),
+@pytest.mark.parametrize("tasks,flags,expected", [
+    ("para", ["--r3f_tasks", "sst"], "--r3f_tasks: sst not among the trained --tasks para"),
+    ("sst,para", ["--smart", "--smart_tasks", "sts"], "--smart_tasks: sts not among the trained --tasks sst,para"),
+    ("sst,para,sts", ["--r3f_tasks", "sst,nli"], "--r3f_tasks: unknown task(s) ['nli']"),
 ])
-def test_regularising_a_task_not_trained_exits_naming_it(tiny_data, tmp_path, tasks, regularized, expected):
+def test_regularising_a_task_not_trained_exits_naming_it(tiny_data, tmp_path, tasks, flags, expected):
     out_args, _ = output_args(tmp_path / "predictions")
     with pytest.raises(SystemExit) as excinfo:
         main(["--option", "finetune", "--device", "cpu", *data_args(tiny_data), *out_args, "--tasks", tasks,
-              "--r3f", "--regularize_tasks", regularized, "--out_dir", str(tmp_path / "run")])
+              *flags, "--out_dir", str(tmp_path / "run")])
     assert str(excinfo.value.code).startswith(expected)
+
+
+@pytest.mark.parametrize("flags,tasks,expected", [
+    (["--option", "finetune"], ("sst", "para", "sts"), "sst"),
+    (["--option", "finetune"], ("para", "sts"), "none"),
+    (["--option", "pretrain"], ("sst", "para", "sts"), "none"),
+    (["--option", "finetune", "--smart"], ("sst", "para", "sts"), "none"),
+    (["--option", "finetune", "--r3f"], ("sst", "para"), "sst,para"),
+])
+def test_default_r3f_tasks(flags, tasks, expected):
+    assert default_r3f_tasks(build_parser().parse_args(flags), tasks) == expected

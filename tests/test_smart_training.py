@@ -71,11 +71,13 @@ def test_each_switch_adds_exactly_its_term(tmp_path):
     assert {k.split("_", 1)[1] for k in both[0].train_losses if "_" in k} == {"adversarial", "bregman"}
 
 
-def test_task_filter_regularises_only_the_named_tasks(tmp_path):
-    _, history = train_tiny(RegularizerSettings(adversarial=True, r3f=True, tasks=("sst",)), tmp_path=tmp_path)
+def test_task_lists_regularise_only_the_named_tasks(tmp_path):
+    settings = RegularizerSettings(adversarial=True, bregman=True, r3f=True, smart_tasks=("para", "sts"),
+                                   r3f_tasks=("sst",))
+    _, history = train_tiny(settings, tmp_path=tmp_path)
     losses = history[0].train_losses
-    assert {k for k in losses if "_" in k} == {"sst_adversarial", "sst_r3f"}, losses
-    assert {"para", "sts"} <= set(losses)
+    assert {k for k in losses if "_" in k} == {"sst_r3f", "para_adversarial", "para_bregman", "sts_adversarial",
+                                               "sts_bregman"}, losses
 
 
 def test_regularisers_change_training_and_stay_finite(tmp_path):
