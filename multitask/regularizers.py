@@ -11,8 +11,8 @@ from smart import MeanTeacher, bregman_loss, r3f_loss, smoothness_loss
 
 # The mean teacher (SMART's Bregman target and the weight average that is scored) keeps the
 # paper's β schedule, capped so that its time constant is at most a quarter of the run. The cap
-# binds only in runs under 4,000 updates (the default full run has 4,625), where β = 0.999
-# would leave the average lagging far behind the trained weights.
+# binds in runs under 4,000 updates (the default full run has 3,700: β ≤ 0.99892 there), where
+# β = 0.999 would leave the average lagging far behind the trained weights.
 TEACHER_WINDOW_FRACTION = 0.25
 
 

@@ -36,7 +36,7 @@ class TrainingAborted(RuntimeError):
 class TrainSettings:
     """Optimisation settings of one run (defaults are the finetune recipe measured in the README)."""
 
-    epochs: int = 5
+    epochs: int = 4
     lr: float = 5e-5
     head_lr: float | None = None  # None: the heads train at `lr` like the encoder
     batch_size: int = 32

@@ -24,7 +24,7 @@ from multitask.ablation_report import write_reports  # noqa: E402
 # 2 CPU cores); scores from it say nothing about the methods.
 QUICK = {"epochs": 1, "train_limit": 64, "seeds": "1", "dev_limit": 200, "skip_predictions": True,
          "mlm_steps": 10, "out_dir": Path("results/ablations_quick")}
-FULL = {"epochs": 5, "train_limit": None, "seeds": "11711,1,2", "dev_limit": None, "skip_predictions": False,
+FULL = {"epochs": 4, "train_limit": None, "seeds": "11711,1,2", "dev_limit": None, "skip_predictions": False,
         "mlm_steps": 300, "out_dir": Path("results/ablations")}
 
 
