@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--option", choices=("pretrain", "finetune"), default="pretrain",
                    help="pretrain: train the heads on a frozen encoder; finetune: train everything")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=TrainSettings.epochs)
     p.add_argument("--lr", type=float, default=None,
                    help=f"learning rate (default {DEFAULT_LR['pretrain']} for pretrain, {DEFAULT_LR['finetune']} for finetune)")
     p.add_argument("--head_lr", type=float, default=None,

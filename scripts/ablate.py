@@ -19,13 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from multitask.ablation import (GRID, MLM_SCRIPT, GridError, GridSettings, check_extra_args,  # noqa: E402
                                 parse_configs, parse_seeds, run_grid)
 from multitask.ablation_report import write_reports  # noqa: E402
+from multitask.train import TrainSettings  # noqa: E402
 
 # --quick: every configuration once on a sliver of data, to check the whole grid runs (< 15 min on
 # 2 CPU cores); scores from it say nothing about the methods.
 QUICK = {"epochs": 1, "train_limit": 64, "seeds": "1", "dev_limit": 200, "skip_predictions": True,
          "mlm_steps": 10, "out_dir": Path("results/ablations_quick")}
-FULL = {"epochs": 4, "train_limit": None, "seeds": "11711,1,2", "dev_limit": None, "skip_predictions": False,
-        "mlm_steps": 300, "out_dir": Path("results/ablations")}
+# The full budget trains as long as multitask_classifier.py does by default.
+FULL = {"epochs": TrainSettings.epochs, "train_limit": None, "seeds": "11711,1,2", "dev_limit": None,
+        "skip_predictions": False, "mlm_steps": 300, "out_dir": Path("results/ablations")}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -263,7 +263,8 @@ def test_quick_sets_the_small_budget_and_explicit_flags_win():
     assert script.settings_from_args(["--quick", "--epochs", "2", "--seeds", "2"]).epochs == 2
     full = script.settings_from_args(["--configs", "smart", "--", "--lr", "3e-5"])
     assert (full.epochs, full.train_limit, full.seeds, full.skip_predictions, full.out_dir, full.extra_args) == \
-        (5, None, [11711, 1, 2], False, Path("results/ablations"), ["--lr", "3e-5"])
+        (build_parser().get_default("epochs"), None, [11711, 1, 2], False, Path("results/ablations"),
+         ["--lr", "3e-5"])
 
 
 def test_a_done_marker_counts_only_for_the_same_signature_and_all_epochs(tmp_path):
@@ -313,8 +314,8 @@ def test_aggregation_gives_mean_and_sample_std_over_finished_runs(tmp_path):
     assert format_stat(summary["smart"]["dev_sst"]) == "—"
     table = markdown(settings(tmp_path, configs=["baseline", "r3f", "smart"], seeds=[1, 2, 3, 4], train_limit=500),
                      results, list(summary.values()))
-    assert "| baseline | `--option finetune` | 3 (1 failed) | 0.500 ± 0.100 | 0.800 ± 0.000 | 0.900 ± 0.100 |" \
-        in table
+    assert ("| baseline | `--option finetune --r3f_tasks none` | 3 (1 failed) | 0.500 ± 0.100 | 0.800 ± 0.000 "
+            "| 0.900 ± 0.100 |") in table
     assert "| 3.3 ± 1.7 min |" in table
     assert "| smart | `--option finetune --smart` | 0 (1 failed) | — | — | — | — | — |" in table
     assert "- epochs: 2; training data: at most 500 examples per task" in table
