@@ -38,14 +38,14 @@ class Configuration:
 
 
 GRID: dict[str, Configuration] = {c.name: c for c in (
-    # The classifier's default fine-tuning adds R3F on SST steps; the grid measures each extension
-    # against plain fine-tuning, so its rows without a regulariser switch that off.
-    Configuration("baseline", ("--r3f_tasks", "none")),
+    Configuration("baseline", ()),
+    Configuration("rdrop", ("--rdrop",)),
+    Configuration("r3f", ("--r3f",)),
     Configuration("adversarial", ("--smart", "--no_bregman")),
     Configuration("bregman", ("--smart", "--no_adversarial")),
     Configuration("smart", ("--smart",)),
-    Configuration("r3f", ("--r3f",)),
-    Configuration("mlm", ("--r3f_tasks", "none"), uses_mlm=True),
+    Configuration("smart-independent", ("--smart", "--smart_dropout", "independent")),
+    Configuration("mlm", (), uses_mlm=True),
     Configuration("mlm+smart", ("--smart",), uses_mlm=True),
 )}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from minbert import BertModel, CheckpointError, load_tokenizer
+from minbert.precision import PRECISIONS, resolve_precision
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.data import PARA, SST, STS, DataError
@@ -20,7 +21,7 @@ from multitask.distributed import (DistributedError, dump_final_state, global_ba
 from multitask.evaluate import predict
 from multitask.model import HEADS, PAIR_ENCODINGS, POOLINGS, MultitaskBert
 from multitask.predictions import write_predictions
-from multitask.regularizers import RegularizerSettings, Regularizers, mean_teacher
+from multitask.regularizers import DROPOUT_MODES, RegularizerSettings, Regularizers, mean_teacher
 from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
 from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.schedule import SCHEDULES
@@ -30,6 +31,7 @@ from smart import MeanTeacher
 DATA = Path(__file__).resolve().parent.parent / "data"
 TASK_DATA = {"sst": (SST, "ids-sst"), "para": (PARA, "quora"), "sts": (STS, "sts")}
 DEFAULT_LR = {"pretrain": 1e-3, "finetune": 5e-5}
+R = RegularizerSettings  # the regularisers' defaults live there
 
 log = logging.getLogger("multitask")
 
@@ -51,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=11711)
     p.add_argument("--use_gpu", action="store_true", help="train on CUDA (same as --device cuda)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 "
+                        "elsewhere; weights and optimiser state stay fp32 either way")
     for task, (_, stem) in TASK_DATA.items():
         for split, suffix in (("train", "train"), ("dev", "dev"), ("test", "test-student")):
             p.add_argument(f"--{task}_{split}", type=Path, default=DATA / f"{stem}-{suffix}.csv")
@@ -75,32 +80,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_bad_steps", type=int, default=20, help="abort after this many non-finite losses")
     p.add_argument("--no_ema", action="store_true",
                    help="score and keep the trained weights themselves, not their moving average (see README)")
-    smart = p.add_argument_group("SMART / R3F regularised fine-tuning")
-    smart.add_argument("--smart", action="store_true",
-                       help="adversarial smoothness term and Bregman proximal point (mean teacher), paper defaults")
-    smart.add_argument("--no_adversarial", action="store_true", help="with --smart: drop the adversarial term")
-    smart.add_argument("--no_bregman", action="store_true", help="with --smart: drop the mean-teacher term")
-    smart.add_argument("--smart_lambda", type=float, default=1.0, help="weight λ_s of the adversarial term")
-    smart.add_argument("--smart_eps", type=float, default=1e-5, help="ℓ∞ radius ε of the perturbation")
-    smart.add_argument("--smart_sigma", type=float, default=1e-5, help="std σ of the initial noise")
-    smart.add_argument("--smart_step_size", type=float, default=1e-3, help="ascent step η")
-    smart.add_argument("--smart_steps", type=int, default=1, help="ascent steps T")
-    smart.add_argument("--bregman_mu", type=float, default=1.0, help="weight μ of the mean-teacher term")
-    smart.add_argument("--bregman_beta", type=float, default=None,
-                       help="constant momentum β of the mean teacher, which is also the weight average "
-                            "(default: 0.99 for the first 10%% of updates, then 0.999, capped at "
-                            "1 - 4/updates in runs under 4,000 updates)")
-    smart.add_argument("--smart_tasks", default=None,
-                       help="comma-separated tasks whose steps get the --smart terms (default: all)")
-    smart.add_argument("--r3f", action="store_true",
-                       help="R3F noise term (no ascent step) on every task's steps")
-    smart.add_argument("--r3f_tasks", default=None,
-                       help="comma-separated tasks whose steps get the R3F term, or none (default: sst for "
-                            "--option finetune without --smart or --r3f, the recipe measured in the README; "
-                            "every task with --r3f; none otherwise)")
-    smart.add_argument("--r3f_noise", choices=("normal", "uniform"), default="normal")
-    smart.add_argument("--r3f_eps", type=float, default=1e-5, help="noise scale: std (normal) or half-width (uniform)")
-    smart.add_argument("--r3f_lambda", type=float, default=1.0, help="weight of the R3F term")
+    reg = p.add_argument_group(
+        "regularisers (each off unless its switch is given; a *_tasks flag narrows a switched-on term "
+        "to some tasks' steps; all need --option finetune)")
+    reg.add_argument("--smart", action="store_true",
+                     help="SMART: the adversarial smoothness term and the Bregman proximal point (mean teacher)")
+    reg.add_argument("--no_adversarial", action="store_true", help="with --smart: drop the adversarial term")
+    reg.add_argument("--no_bregman", action="store_true", help="with --smart: drop the mean-teacher term")
+    reg.add_argument("--smart_lambda", type=float, default=R.smart_lambda, help="weight λ_s of the adversarial term")
+    reg.add_argument("--smart_eps", type=float, default=R.smart_eps,
+                     help="ℓ∞ radius ε of δ, added after the embedding LayerNorm (entries of order 1); "
+                          "the paper's setting is 1e-5")
+    reg.add_argument("--smart_sigma", type=float, default=R.smart_sigma,
+                     help="std σ of δ's starting noise (the paper's setting: 1e-5)")
+    reg.add_argument("--smart_step_size", type=float, default=R.smart_step_size,
+                     help="ascent step η (the paper's setting: 1e-3)")
+    reg.add_argument("--smart_steps", type=int, default=R.smart_steps, help="ascent steps T")
+    reg.add_argument("--smart_dropout", choices=DROPOUT_MODES, default=R.smart_dropout,
+                     help="dropout masks of the perturbed passes of --smart and --r3f: shared with the clean "
+                          "pass (the function the paper's formula compares at x and x+δ), or independent "
+                          "(fresh masks per pass, as the mt-dnn code)")
+    reg.add_argument("--bregman_mu", type=float, default=R.bregman_mu, help="weight μ of the mean-teacher term")
+    reg.add_argument("--bregman_beta", type=float, default=None,
+                     help="constant momentum β of the mean teacher, which is also the weight average "
+                          "(default: 0.99 for the first 10%% of updates, then 0.999, capped at "
+                          "1 - 4/updates in runs under 4,000 updates)")
+    reg.add_argument("--smart_tasks", default=None,
+                     help="comma-separated tasks whose steps get the --smart terms (default: every task)")
+    reg.add_argument("--r3f", action="store_true",
+                     help="R3F: the smoothness term at random δ, no ascent step (not with SMART's adversarial term)")
+    reg.add_argument("--r3f_tasks", default=None,
+                     help="comma-separated tasks whose steps get the --r3f term (default: every task)")
+    reg.add_argument("--r3f_noise", choices=("normal", "uniform"), default=R.r3f_noise)
+    reg.add_argument("--r3f_eps", type=float, default=R.r3f_eps,
+                     help="noise scale: std (normal) or half-width (uniform), same place as --smart_eps")
+    reg.add_argument("--r3f_lambda", type=float, default=R.r3f_lambda, help="weight of the R3F term")
+    reg.add_argument("--rdrop", action="store_true",
+                     help="R-Drop: the divergence between two forward passes with independent dropout masks")
+    reg.add_argument("--rdrop_alpha", type=float, default=R.rdrop_alpha, help="weight α of the R-Drop term")
+    reg.add_argument("--rdrop_tasks", default=None,
+                     help="comma-separated tasks whose steps get the --rdrop term (default: every task)")
     p.add_argument("--out_dir", type=Path, default=Path("runs/multitask"),
                    help="metrics.jsonl and the best checkpoint (<out_dir>/best) go here")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for --predict_only (default <out_dir>/best)")
@@ -149,12 +168,12 @@ def run(args: argparse.Namespace) -> None:
             return
         model, record = load_checkpoint(checkpoint, unpad_inputs=True)
         tasks = tuple(t for t in tasks if t in model.tasks)
-        write_all_predictions(model, load_tokenizer(checkpoint), tasks, args, device, record["settings"]["max_length"])
+        write_all_predictions(model, load_tokenizer(checkpoint), tasks, args, device,
+                              record["settings"]["max_length"], resolve_precision(args.precision, device))
         return
 
-    if args.r3f_tasks is None:
-        # Resolved before the run's fingerprint and record, so both name the tasks that get the term.
-        args.r3f_tasks = default_r3f_tasks(args, tasks)
+    check_regularizer_flags(args, tasks)
+    precision = resolve_precision(args.precision, device)
     if args.save_every < 0:
         raise SystemExit(f"--save_every must be ≥ 0 (0: save only at epoch ends), got {args.save_every}")
     tokenizer = load_tokenizer(args.pretrained)
@@ -170,7 +189,7 @@ def run(args: argparse.Namespace) -> None:
     lr = DEFAULT_LR[args.option] if args.lr is None else args.lr
     # Checked before the model loads, so a mismatched state is refused early; after the data is
     # read, so that a missing or broken data file is reported as such.
-    run_state, saved = open_run_state(args, tasks, device, lr)
+    run_state, saved = open_run_state(args, tasks, device, lr, precision)
 
     # Pad positions never reach a head (mean pooling masks them), so the layers may skip them.
     encoder = BertModel.from_pretrained(args.pretrained, hidden_dropout_prob=args.hidden_dropout_prob,
@@ -186,7 +205,9 @@ def run(args: argparse.Namespace) -> None:
                              eval_batch_size=args.eval_batch_size, grad_accum=args.grad_accum,
                              weight_decay=args.weight_decay, schedule=args.schedule,
                              swap_pairs=not args.no_pair_swap, seed=args.seed,
-                             max_bad_steps=args.max_bad_steps)
+                             max_bad_steps=args.max_bad_steps, precision=precision)
+    log.info("precision: %s%s", precision, " autocast (weights and optimiser state fp32)" if precision == "bf16" else "")
+    log.info("regularisers: %s", describe(regularizers.settings if regularizers else None, tasks))
     record_settings = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                        **dataclasses.asdict(settings), "world_size": env.world_size}
 
@@ -226,48 +247,91 @@ def run(args: argparse.Namespace) -> None:
     if args.skip_predictions:
         return
     model, _ = load_checkpoint(checkpoint, unpad_inputs=True)
-    write_all_predictions(model, tokenizer, tasks, args, device, args.max_length)
+    write_all_predictions(model, tokenizer, tasks, args, device, args.max_length, precision)
 
 
 def open_run_state(args: argparse.Namespace, tasks: tuple[str, ...], device: torch.device,
-                   lr: float) -> tuple[RunState, dict | None]:
+                   lr: float, precision: str) -> tuple[RunState, dict | None]:
     """The run's `<out_dir>/resume` state, and with --resume what it saved (None: nothing to resume)."""
     data_files = {f"{task}_{split}": getattr(args, f"{task}_{split}") for task in tasks for split in ("train", "dev")}
-    run_state = RunState(args.out_dir / STATE_DIR, run_fingerprint({**vars(args), "lr": lr}, device, data_files))
+    run_state = RunState(args.out_dir / STATE_DIR, run_fingerprint({**vars(args), "lr": lr, "precision": precision}, device,
+                                                                    data_files))
     saved = run_state.load() if args.resume else None
     if args.resume and saved is None:
         log.info("--resume: no saved state in %s; starting a fresh run", run_state.directory)
     return run_state, saved
 
 
-def default_r3f_tasks(args: argparse.Namespace, tasks: tuple[str, ...]) -> str:
-    """--r3f_tasks when not given: every task with --r3f; SST alone in a fine-tuning run that asks
-    for no other regulariser (the default recipe: it keeps SST from overfitting in later epochs,
-    see the README's Results); none otherwise."""
-    if args.r3f:
-        return ",".join(tasks)
-    if args.option == "finetune" and not args.smart and "sst" in tasks:
-        return "sst"
-    return "none"
+REGULARIZER_SWITCHES = {"--smart_tasks": "smart", "--r3f_tasks": "r3f", "--rdrop_tasks": "rdrop"}
+
+
+def check_regularizer_flags(args: argparse.Namespace, tasks: tuple[str, ...]) -> None:
+    """The flag rules of the regularisers (see --help): contradictions are errors naming both flags."""
+    for flag, switch in REGULARIZER_SWITCHES.items():
+        if getattr(args, flag[2:]) is not None and not getattr(args, switch):
+            raise SystemExit(f"error: {flag} narrows --{switch} to some tasks, but --{switch} is not on; "
+                             f"add --{switch}, or drop {flag}")
+        named = getattr(args, flag[2:])
+        if named is not None:
+            untrained = [t for t in parse_tasks(named, flag) if t not in tasks]
+            if untrained:
+                raise SystemExit(f"error: {flag}: {','.join(untrained)} not among the trained --tasks "
+                                 f"{','.join(tasks)}")
+    for part in ("--no_adversarial", "--no_bregman"):
+        if getattr(args, part[2:]) and not args.smart:
+            raise SystemExit(f"error: {part} switches off a part of --smart, which is not on; add --smart")
+    if args.no_adversarial and args.no_bregman:
+        raise SystemExit("error: --no_adversarial with --no_bregman leaves nothing of --smart; drop --smart")
+    if args.smart and not args.no_adversarial and args.r3f:
+        raise SystemExit("error: --smart and --r3f both add a smoothness term at a perturbed δ (adversarial "
+                         "and random); choose one, or use --smart --no_adversarial --r3f for R3F with the "
+                         "mean teacher")
+    switched = [f"--{name}" for name in ("smart", "r3f", "rdrop") if getattr(args, name)]
+    if switched and args.option != "finetune":
+        raise SystemExit(f"error: {' '.join(switched)} regularise fine-tuning, but --option {args.option} "
+                         "freezes the encoder; add --option finetune")
+
+
+def regularizer_settings(args: argparse.Namespace) -> RegularizerSettings:
+    """What the (checked) flags switch on, with each term's weight and task list."""
+    def task_list(flag_value: str | None) -> tuple[str, ...] | None:
+        return None if flag_value is None else parse_tasks(flag_value)
+
+    return RegularizerSettings(
+        adversarial=args.smart and not args.no_adversarial, bregman=args.smart and not args.no_bregman,
+        r3f=args.r3f, rdrop=args.rdrop, smart_tasks=task_list(args.smart_tasks),
+        r3f_tasks=task_list(args.r3f_tasks), rdrop_tasks=task_list(args.rdrop_tasks),
+        **{k: getattr(args, k) for k in (
+            "smart_lambda", "smart_eps", "smart_sigma", "smart_step_size", "smart_steps", "smart_dropout",
+            "bregman_mu", "bregman_beta", "r3f_noise", "r3f_eps", "r3f_lambda", "rdrop_alpha")})
 
 
 def build_regularizers(model: MultitaskBert, args: argparse.Namespace) -> Regularizers | None:
-    """The SMART / R3F terms the flags ask for, or None for plain fine-tuning."""
-    smart_tasks = None if args.smart_tasks is None else parse_tasks(args.smart_tasks, "--smart_tasks")
-    r3f_spec = default_r3f_tasks(args, model.tasks) if args.r3f_tasks is None else args.r3f_tasks
-    r3f_tasks = () if r3f_spec == "none" else parse_tasks(r3f_spec, "--r3f_tasks")
-    settings = RegularizerSettings(
-        adversarial=args.smart and not args.no_adversarial, bregman=args.smart and not args.no_bregman,
-        r3f=bool(r3f_tasks), smart_tasks=smart_tasks, r3f_tasks=r3f_tasks, **{k: getattr(args, k) for k in (
-            "smart_lambda", "smart_eps", "smart_sigma", "smart_step_size", "smart_steps", "bregman_mu",
-            "bregman_beta", "r3f_noise", "r3f_eps", "r3f_lambda")})
-    if (args.no_adversarial or args.no_bregman) and not args.smart:
-        raise SystemExit("--no_adversarial / --no_bregman switch off parts of --smart; add --smart")
-    for flag, named in (("--smart_tasks", smart_tasks), ("--r3f_tasks", r3f_tasks)):
-        untrained = [t for t in named or () if t not in model.tasks]
-        if untrained:
-            raise SystemExit(f"{flag}: {','.join(untrained)} not among the trained --tasks {','.join(model.tasks)}")
+    """The regularisers the flags ask for (checked by `check_regularizer_flags`), or None for plain fine-tuning."""
+    settings = regularizer_settings(args)
     return Regularizers(model, settings) if settings.any else None
+
+
+def describe(settings: RegularizerSettings | None, tasks: tuple[str, ...]) -> str:
+    """Which terms run on which tasks' steps, for the log."""
+    if settings is None:
+        return "none (task losses only)"
+
+    def on(named: tuple[str, ...] | None) -> str:
+        return ",".join(t for t in tasks if named is None or t in named)
+
+    parts = []
+    if settings.adversarial and settings.smart_lambda:
+        parts.append(f"SMART adversarial (ε {settings.smart_eps:g}, {settings.smart_dropout} dropout masks) "
+                     f"on {on(settings.smart_tasks)}")
+    if settings.bregman and settings.bregman_mu:
+        parts.append(f"Bregman mean teacher (μ {settings.bregman_mu:g}) on {on(settings.smart_tasks)}")
+    if settings.r3f and settings.r3f_lambda:
+        parts.append(f"R3F ({settings.r3f_noise}, ε {settings.r3f_eps:g}, {settings.smart_dropout} dropout masks) "
+                     f"on {on(settings.r3f_tasks)}")
+    if settings.rdrop and settings.rdrop_alpha:
+        parts.append(f"R-Drop (α {settings.rdrop_alpha:g}) on {on(settings.rdrop_tasks)}")
+    return "; ".join(parts)
 
 
 def averaged_model(model: MultitaskBert, regularizers: Regularizers | None,
@@ -282,7 +346,7 @@ def averaged_model(model: MultitaskBert, regularizers: Regularizers | None,
 
 
 def write_all_predictions(model: MultitaskBert, tokenizer, tasks: tuple[str, ...], args: argparse.Namespace,
-                          device: torch.device, max_length: int) -> None:
+                          device: torch.device, max_length: int, precision: str) -> None:
     """Dev and test prediction files for each task, in the course's format and input order."""
     model.to(device)
     for task in tasks:
@@ -291,6 +355,6 @@ def write_all_predictions(model: MultitaskBert, tokenizer, tasks: tuple[str, ...
             # Read without labels: a dev row whose label is unusable still gets its prediction line.
             examples = spec.read(getattr(args, f"{task}_{split}"), labelled=False).examples
             dataset = encode_task(examples, tokenizer, spec, model.pair_encoding, max_length)
-            values = predict(model, dataset, args.eval_batch_size, device)
+            values = predict(model, dataset, args.eval_batch_size, device, precision)
             path = write_predictions(getattr(args, f"{task}_{split}_out"), task, dataset.ids, values.tolist())
             log.info("wrote %s (%d rows)", path, len(dataset))

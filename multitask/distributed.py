@@ -150,14 +150,14 @@ def reseed_ranks_after_resume(env: DistEnv, seed: int, updates: int) -> None:
 
 @torch.no_grad()
 def gathered_predictions(model: MultitaskBert, dataset: EncodedTask, batch_size: int, device: torch.device,
-                         env: DistEnv) -> torch.Tensor:
+                         env: DistEnv, precision: str = "fp32") -> torch.Tensor:
     """`evaluate.predict` with the evaluation batches dealt out over the ranks; all ranks get all predictions.
 
     The batches are those one process would form, so each example's output is computed on the
     same padded batch and the gathered predictions equal a single-process run's exactly.
     """
     batches = sorted_batches(dataset.lengths(), batch_size)
-    mine = batch_outputs(model, dataset, batches[env.rank::env.world_size], device)
+    mine = batch_outputs(model, dataset, batches[env.rank::env.world_size], device, precision)
     parts: list = [None] * env.world_size
     dist.all_gather_object(parts, mine)
     outputs = [tensor for part_outputs, _ in parts for tensor in part_outputs]
@@ -208,7 +208,7 @@ class ParallelTrainer(Trainer):
 
     def evaluate(self) -> dict[str, float]:
         return {name: score(name, gathered_predictions(self.eval_model, ds, self.settings.eval_batch_size,
-                                                       self.device, self.env), ds.labels)
+                                                       self.device, self.env, self.settings.precision), ds.labels)
                 for name, ds in self.dev_sets.items()}
 
 

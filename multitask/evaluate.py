@@ -10,13 +10,15 @@ from tqdm.auto import tqdm
 
 from multitask.batching import EncodedTask, restore_order, sorted_batches
 from multitask.model import HEADS, MultitaskBert
-from multitask.runtime import autocast, show_progress, to_device
+from minbert.precision import autocast
+from multitask.runtime import show_progress, to_device
 
 
 @torch.no_grad()
-def predict(model: MultitaskBert, dataset: EncodedTask, batch_size: int, device: torch.device) -> torch.Tensor:
+def predict(model: MultitaskBert, dataset: EncodedTask, batch_size: int, device: torch.device,
+            precision: str = "fp32") -> torch.Tensor:
     """Final predictions in dataset order: class ids (sst), 0/1 (para), scores clamped to [0, 5] (sts)."""
-    return to_predictions(dataset.name, raw_outputs(model, dataset, batch_size, device))
+    return to_predictions(dataset.name, raw_outputs(model, dataset, batch_size, device, precision))
 
 
 def to_predictions(task: str, outputs: torch.Tensor) -> torch.Tensor:
@@ -30,15 +32,16 @@ def to_predictions(task: str, outputs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def raw_outputs(model: MultitaskBert, dataset: EncodedTask, batch_size: int, device: torch.device) -> torch.Tensor:
+def raw_outputs(model: MultitaskBert, dataset: EncodedTask, batch_size: int, device: torch.device,
+                precision: str = "fp32") -> torch.Tensor:
     """Head outputs (logits or scores) for every example, in dataset order."""
-    outputs, order = batch_outputs(model, dataset, sorted_batches(dataset.lengths(), batch_size), device)
+    outputs, order = batch_outputs(model, dataset, sorted_batches(dataset.lengths(), batch_size), device, precision)
     return restore_order(torch.cat(order), torch.cat(outputs))
 
 
 @torch.no_grad()
 def batch_outputs(model: MultitaskBert, dataset: EncodedTask, batches: list[list[int]],
-                  device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                  device: torch.device, precision: str = "fp32") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(head outputs, dataset positions) of each of these batches, on the CPU, in eval mode.
 
     Split from `raw_outputs` so that processes of a distributed run can each compute a share of
@@ -51,7 +54,7 @@ def batch_outputs(model: MultitaskBert, dataset: EncodedTask, batches: list[list
     outputs, order = [], []
     for indices in tqdm(batches, desc=f"eval {dataset.name}", leave=False, disable=not show_progress()):
         batch = to_device(dataset.batch(indices), device)
-        with autocast(device):
+        with autocast(device, precision):
             output = model(dataset.name, batch).float()
             if both_orders:
                 swapped = to_device(dataset.batch(indices, swapped=True), device)

@@ -86,7 +86,8 @@ class MultitaskBert(nn.Module):
         if self.is_bi(task):
             u, v = features.chunk(2)
             features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
-        logits = self.heads[task](self.dropout(features))
+        # fp32 whatever the compute precision: losses and SMART's divergences are taken in fp32.
+        logits = self.heads[task](self.dropout(features)).float()
         # Single-output heads return [B], never [B, 1]: a [B, 1] vs [B] loss would broadcast to [B, B].
         return logits.squeeze(-1) if HEADS[task].outputs == 1 else logits
 

@@ -47,11 +47,6 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op context on the CPU, where fp32 is faster and exact."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     if device.type != "cuda":
         return batch

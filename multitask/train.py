@@ -17,15 +17,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from minbert.atomic import atomic_write_text
+from minbert.memory import release_free_memory
 from minbert.optimizer import AdamW, is_decayed, warmup_linear_decay
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert, task_loss
-from multitask.runtime import autocast, show_progress, to_device
+from minbert.precision import autocast
+from multitask.runtime import show_progress, to_device
 from multitask.schedule import task_order
-from smart import MeanTeacher
+from smart import DropoutReplay, MeanTeacher
 
 log = logging.getLogger(__name__)
+
+
+# Updates between returns of freed heap memory to the OS (minbert.memory): often enough that the
+# heap cannot ratchet up between two, rarely enough that the cost is lost in the step time.
+RELEASE_MEMORY_EVERY = 20
 
 
 class TrainingAborted(RuntimeError):
@@ -49,10 +56,13 @@ class TrainSettings:
     swap_pairs: bool = True  # show each training pair in a random sentence order
     seed: int = 0
     max_bad_steps: int = 20
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast; weights and optimiser state stay fp32)
 
 
-# A regulariser adds named loss terms for one step: (model, task, batch, embeddings, mask, output) -> terms.
-Regularizer = Callable[[MultitaskBert, str, dict, torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+# A regulariser adds named loss terms for one step:
+# (model, task, batch, embeddings, mask, clean output, the clean pass's dropout masks) -> terms.
+Regularizer = Callable[[MultitaskBert, str, dict, torch.Tensor, torch.Tensor, torch.Tensor, DropoutReplay],
+                       dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -100,10 +110,12 @@ class StepLoss(nn.Module):
 
     def forward(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         embeddings, mask = self.model.embed(task, batch)
+        # Taken before the clean pass draws its dropout masks, so a regulariser can replay them.
+        masks = DropoutReplay(embeddings.device)
         output = self.model.predict_from_embeddings(task, embeddings, mask)
         terms = {"task": task_loss(task, output, batch["labels"])}
         if self.regularizer is not None:
-            terms.update(self.regularizer(self.model, task, batch, embeddings, mask, output))
+            terms.update(self.regularizer(self.model, task, batch, embeddings, mask, output, masks))
         return terms
 
 
@@ -277,6 +289,7 @@ class Trainer:
         bar.close()
         progress.step, progress.seconds = len(plan), time.perf_counter() - start
         dev_scores = self.evaluate()
+        release_free_memory()
         sums, counts = progress.sums, progress.counts
         return EpochRecord(epoch + 1, dev_scores, overall(dev_scores),
                            {k: sums[k] / counts[k] for k in sums if counts.get(k)}, round(progress.seconds, 1),
@@ -295,7 +308,9 @@ class Trainer:
 
     def step_terms(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The loss terms of one batch: the task loss and whatever the regulariser adds."""
-        with autocast(self.device):
+        # One autocast region for the whole step: the bf16 copies of the weights are made once
+        # and shared by every pass a regulariser adds.
+        with autocast(self.device, self.settings.precision):
             return self.loss_terms(task, batch)
 
     def update(self) -> None:
@@ -307,6 +322,8 @@ class Trainer:
         self.updates += 1
         if self.teacher is not None:
             self.teacher.update(self.updates - 1, self.total_updates)
+        if self.updates % RELEASE_MEMORY_EVERY == 0:
+            release_free_memory()
 
     def skip_step(self, task: str, terms: dict[str, torch.Tensor]) -> None:
         """Drop a step whose loss is not finite, so it never reaches the weights; give up after too many.
@@ -322,8 +339,8 @@ class Trainer:
                                   f"{self.settings.max_bad_steps}); lower --lr or check the data")
 
     def evaluate(self) -> dict[str, float]:
-        return {name: score(name, predict(self.eval_model, ds, self.settings.eval_batch_size, self.device),
-                            ds.labels)
+        return {name: score(name, predict(self.eval_model, ds, self.settings.eval_batch_size, self.device,
+                                          self.settings.precision), ds.labels)
                 for name, ds in self.dev_sets.items()}
 
 

@@ -15,7 +15,7 @@ import pytest
 from multitask.ablation import (GRID, GridError, GridSettings, RunResult, build_command, check_extra_args,
                                 finished_marker, parse_configs, parse_seeds, run_signature)
 from multitask.ablation_report import aggregate, format_stat, markdown, mean_std, report_paths
-from multitask.cli import build_parser, default_r3f_tasks
+from multitask.cli import build_parser
 from multitask.predictions import read_predictions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -216,17 +216,21 @@ def settings(tmp_path: Path, **changes) -> GridSettings:
 
 def test_each_configuration_builds_a_command_the_classifier_accepts(tmp_path):
     grid = settings(tmp_path, train_limit=64, dev_limit=20, extra_args=["--batch_size", "16"])
-    expected = {"baseline": (False, False, False, False), "adversarial": (True, False, True, False),
-                "bregman": (True, True, False, False), "smart": (True, False, False, False),
-                "r3f": (False, False, False, True), "mlm": (False, False, False, False),
-                "mlm+smart": (True, False, False, False)}
+    expected = {"baseline": (False, False, False, False, False, "shared"),
+                "rdrop": (False, False, False, False, True, "shared"),
+                "r3f": (False, False, False, True, False, "shared"),
+                "adversarial": (True, False, True, False, False, "shared"),
+                "bregman": (True, True, False, False, False, "shared"),
+                "smart": (True, False, False, False, False, "shared"),
+                "smart-independent": (True, False, False, False, False, "independent"),
+                "mlm": (False, False, False, False, False, "shared"),
+                "mlm+smart": (True, False, False, False, False, "shared")}
+    assert GRID.keys() == expected.keys()
     for name, config in GRID.items():
         command = build_command(grid, config, 3, tmp_path / "mlm_encoder")
         args = build_parser().parse_args(command[2:])
-        assert (args.smart, args.no_adversarial, args.no_bregman, args.r3f) == expected[name], name
-        # Only the r3f row has an R3F term: the default one on SST is off in every other row.
-        r3f_tasks = args.r3f_tasks or default_r3f_tasks(args, ("sst", "para", "sts"))
-        assert (r3f_tasks != "none") == (name == "r3f"), (name, r3f_tasks)
+        assert (args.smart, args.no_adversarial, args.no_bregman, args.r3f, args.rdrop,
+                args.smart_dropout) == expected[name], name
         assert (args.option, args.epochs, args.seed, args.train_limit, args.dev_limit, args.batch_size) == \
             ("finetune", 2, 3, 64, 20, 16)
         assert args.out_dir == tmp_path / "abl" / name / "seed3"
@@ -314,7 +318,7 @@ def test_aggregation_gives_mean_and_sample_std_over_finished_runs(tmp_path):
     assert format_stat(summary["smart"]["dev_sst"]) == "—"
     table = markdown(settings(tmp_path, configs=["baseline", "r3f", "smart"], seeds=[1, 2, 3, 4], train_limit=500),
                      results, list(summary.values()))
-    assert ("| baseline | `--option finetune --r3f_tasks none` | 3 (1 failed) | 0.500 ± 0.100 | 0.800 ± 0.000 "
+    assert ("| baseline | `--option finetune` | 3 (1 failed) | 0.500 ± 0.100 | 0.800 ± 0.000 "
             "| 0.900 ± 0.100 |") in table
     assert "| 3.3 ± 1.7 min |" in table
     assert "| smart | `--option finetune --smart` | 0 (1 failed) | — | — | — | — | — |" in table

@@ -15,7 +15,7 @@ def poisoning(bad_calls: set[int] | None):
     """A regulariser adding a NaN term on the given calls (counted from 0; None: every call)."""
     calls = []
 
-    def regularizer(model, task, batch, embeddings, mask, output):
+    def regularizer(model, task, batch, embeddings, mask, output, masks):
         calls.append(task)
         bad = bad_calls is None or len(calls) - 1 in bad_calls
         return {"poison": torch.tensor(float("nan") if bad else 0.0)}

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from minbert import BertModel
-from multitask.cli import build_parser, default_r3f_tasks, main
+from multitask.cli import build_parser, check_regularizer_flags, main, regularizer_settings
 from multitask.predictions import read_predictions
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -150,9 +150,9 @@ def test_finetune_saves_the_best_checkpoint(finetune_run, packaged_encoder):
     assert run["tasks"] == ["sst", "para", "sts"]
     # Pairs are swapped in training and scored in both orders unless --no_pair_swap.
     assert run["symmetric_pairs"] is True and run["settings"]["swap_pairs"] is True
-    # The default fine-tuning recipe adds the R3F term on SST steps, and only there.
-    assert run["settings"]["r3f_tasks"] == "sst"
-    assert {key for key in finetune_run["metrics"][0] if key.endswith("_r3f")} == {"loss_sst_r3f"}
+    # The default fine-tuning recipe is the task losses alone: no regulariser term is logged.
+    assert [key for key in finetune_run["metrics"][0] if key.startswith("loss_")] == \
+        ["loss_sst", "loss_para", "loss_sts"]
     assert run["dev_scores"]["dev_mean"] == pytest.approx(finetune_run["metrics"][0]["dev_mean"])
     heads = load_file(str(best / "heads.safetensors"))
     assert {key.split(".")[0] for key in heads} == {"sst", "para", "sts"}
@@ -195,7 +195,6 @@ def test_pretrain_keeps_the_encoder_and_trains_the_heads(pretrain_run, packaged_
     check_predictions(pretrain_run, tiny_data)
     run = json.loads((pretrain_run["best"] / "run.json").read_text())
     assert run["symmetric_pairs"] is False and run["settings"]["swap_pairs"] is False  # --no_pair_swap
-    assert run["settings"]["r3f_tasks"] == "none"  # the SST R3F default is for fine-tuning only
     assert not any(key.endswith("_r3f") for record in pretrain_run["metrics"] for key in record)
 
 
@@ -228,9 +227,10 @@ def test_unusable_training_file_exits_with_one_line_naming_it(tiny_data, tmp_pat
 
 
 @pytest.mark.parametrize("tasks,flags,expected", [
-    ("para", ["--r3f_tasks", "sst"], "--r3f_tasks: sst not among the trained --tasks para"),
-    ("sst,para", ["--smart", "--smart_tasks", "sts"], "--smart_tasks: sts not among the trained --tasks sst,para"),
-    ("sst,para,sts", ["--r3f_tasks", "sst,nli"], "--r3f_tasks: unknown task(s) ['nli']"),
+    ("para", ["--r3f", "--r3f_tasks", "sst"], "error: --r3f_tasks: sst not among the trained --tasks para"),
+    ("sst,para", ["--smart", "--smart_tasks", "sts"], "error: --smart_tasks: sts not among the trained --tasks sst,para"),
+    ("sst,para,sts", ["--r3f", "--r3f_tasks", "sst,nli"], "--r3f_tasks: unknown task(s) ['nli']"),
+    ("sst,para,sts", ["--rdrop", "--rdrop_tasks", "none"], "--rdrop_tasks: unknown task(s) ['none']"),
 ])
 def test_regularising_a_task_not_trained_exits_naming_it(tiny_data, tmp_path, tasks, flags, expected):
     out_args, _ = output_args(tmp_path / "predictions")
@@ -240,12 +240,31 @@ def test_regularising_a_task_not_trained_exits_naming_it(tiny_data, tmp_path, ta
     assert str(excinfo.value.code).startswith(expected)
 
 
-@pytest.mark.parametrize("flags,tasks,expected", [
-    (["--option", "finetune"], ("sst", "para", "sts"), "sst"),
-    (["--option", "finetune"], ("para", "sts"), "none"),
-    (["--option", "pretrain"], ("sst", "para", "sts"), "none"),
-    (["--option", "finetune", "--smart"], ("sst", "para", "sts"), "none"),
-    (["--option", "finetune", "--r3f"], ("sst", "para"), "sst,para"),
+# Each rule of the regulariser flags: a *_tasks flag only narrows a switched-on term, and
+# contradictions are errors that name both flags.
+@pytest.mark.parametrize("flags,named", [
+    (["--smart_tasks", "sst"], ("--smart_tasks", "--smart")),
+    (["--r3f_tasks", "sst"], ("--r3f_tasks", "--r3f")),
+    (["--rdrop_tasks", "sst"], ("--rdrop_tasks", "--rdrop")),
+    (["--smart", "--r3f"], ("--smart", "--r3f")),
+    (["--no_bregman"], ("--no_bregman", "--smart")),
+    (["--smart", "--no_adversarial", "--no_bregman"], ("--no_adversarial", "--no_bregman")),
+    (["--option", "pretrain", "--smart"], ("--smart", "--option pretrain")),
+    (["--option", "pretrain", "--rdrop"], ("--rdrop", "--option pretrain")),
 ])
-def test_default_r3f_tasks(flags, tasks, expected):
-    assert default_r3f_tasks(build_parser().parse_args(flags), tasks) == expected
+def test_contradictory_regulariser_flags_exit_naming_both(tiny_data, tmp_path, flags, named):
+    out_args, _ = output_args(tmp_path / "predictions")
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--option", "finetune", "--device", "cpu", *data_args(tiny_data), *out_args, *flags,
+              "--out_dir", str(tmp_path / "run")])
+    message = str(excinfo.value.code)
+    assert message.startswith("error: ") and all(flag in message for flag in named), message
+    assert not (tmp_path / "run").exists()
+
+
+def test_r3f_with_the_mean_teacher_alone_is_allowed():
+    args = build_parser().parse_args(["--option", "finetune", "--smart", "--no_adversarial", "--r3f",
+                                      "--r3f_tasks", "sst"])
+    check_regularizer_flags(args, ("sst", "para", "sts"))
+    settings = regularizer_settings(args)
+    assert (settings.adversarial, settings.bregman, settings.r3f, settings.r3f_tasks) == (False, True, True, ("sst",))

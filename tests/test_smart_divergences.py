@@ -176,7 +176,7 @@ def test_unknown_kind_names_the_allowed_ones() -> None:
 
 def test_smart_imports_only_torch_and_the_standard_library() -> None:
     # smart must stay usable without minbert/multitask (DESIGN.md, Layout).
-    allowed = {"torch", "smart", "__future__", "collections", "copy", "math", "typing"}
+    allowed = {"torch", "smart", "__future__", "collections", "contextlib", "copy", "math", "typing"}
     for path in (Path(__file__).resolve().parent.parent / "smart").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
