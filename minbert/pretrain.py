@@ -17,6 +17,7 @@ from minbert.corpus import PackedSequences
 from minbert.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
 from minbert.mlm import BertForMaskedLM
 from minbert.optimizer import AdamW, is_decayed, warmup_linear_decay
+from minbert.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class PretrainSettings:
     # Evaluation always draws its masks from this seed, so every evaluation scores the same task.
     eval_mask_seed: int = 1234
     max_bad_steps: int = 20
+    precision: str = "fp32"  # "fp32" or "bf16" autocast (weights and optimiser state stay fp32)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "eval_batch_size", "eval_every"):
@@ -120,7 +122,9 @@ class MLMPretrainer:
         generator = torch.Generator().manual_seed(self.settings.eval_mask_seed)
         total_loss, correct, count = 0.0, 0, 0
         for index in torch.arange(len(self.held_out)).split(self.settings.eval_batch_size):
-            logits, targets = self.model.masked_logits(*self.masked(self.held_out, index, generator, False))
+            with autocast(self.device, self.settings.precision):
+                logits, targets = self.model.masked_logits(*self.masked(self.held_out, index, generator, False))
+            logits = logits.float()
             total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
             correct += int((logits.argmax(-1) == targets).sum())
             count += targets.numel()
@@ -182,7 +186,8 @@ class MLMPretrainer:
                                             self.settings.whole_word_mask)
         if not bool((labels != IGNORE_INDEX).any()):
             return None  # only possible with tiny rows: no position was drawn
-        loss = self.model.loss(inputs, mask, labels)
+        with autocast(self.device, self.settings.precision):
+            loss = self.model.loss(inputs, mask, labels)
         if not torch.isfinite(loss):
             self.bad_steps += 1
             log.warning("skipped a step with a non-finite loss (%d skipped so far)", self.bad_steps)

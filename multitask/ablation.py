@@ -51,7 +51,7 @@ GRID: dict[str, Configuration] = {c.name: c for c in (
 
 # The runner sets these per run; letting them through after `--` would make runs of one grid
 # differ in budget, or write into each other's directories.
-RUNNER_FLAGS = ("--epochs", "--seed", "--out_dir", "--train_limit", "--dev_limit", "--skip_predictions",
+RUNNER_FLAGS = ("--epochs", "--seed", "--out_dir", "--train_limit", "--dev_limit", "--skip_predictions", "--precision",
                 "--option", "--predict_only", "--checkpoint",
                 *(f"--{task}_{split}_out" for task in TASKS for split in ("dev", "test")))
 
@@ -76,6 +76,7 @@ class GridSettings:
     mlm_steps: int = 300  # the default of scripts/pretrain_mlm.py, measured at about 14 min on 2 cores
     mlm_script: Path = MLM_SCRIPT
     keep_checkpoints: bool = False
+    precision: str = "auto"  # passed to every run and to the MLM stage
     python: str = sys.executable
 
     def budget(self) -> dict:
@@ -164,7 +165,7 @@ def build_command(settings: GridSettings, config: Configuration, seed: int, mlm_
     directory = run_dir(settings, config.name, seed)
     # --resume: a run killed with the grid continues from its last saved state when the grid is rerun.
     command = [settings.python, str(CLASSIFIER), "--option", "finetune", "--epochs", str(settings.epochs),
-               "--seed", str(seed), "--out_dir", str(directory), "--resume"]
+               "--seed", str(seed), "--out_dir", str(directory), "--resume", "--precision", settings.precision]
     if settings.train_limit is not None:
         command += ["--train_limit", str(settings.train_limit)]
     if settings.dev_limit is not None:
@@ -187,7 +188,7 @@ def run_signature(settings: GridSettings, config: Configuration, seed: int, mlm_
     signature = {"config": config.name, "flags": list(config.flags), "seed": seed, "epochs": settings.epochs,
                  "train_limit": settings.train_limit, "dev_limit": settings.dev_limit,
                  "skip_predictions": settings.skip_predictions, "extra_args": list(settings.extra_args),
-                 "mlm": mlm_signature if config.uses_mlm else None}
+                 "precision": settings.precision, "mlm": mlm_signature if config.uses_mlm else None}
     return json.loads(json.dumps(signature))  # the form it has when read back from done.json
 
 
@@ -314,7 +315,7 @@ def prepare_mlm_encoder(settings: GridSettings,
     target = settings.out_dir / "mlm_encoder"
     marker = settings.out_dir / "mlm_encoder.done.json"
     # One encoder for every seed: the ablation asks what MLM pretraining adds, not how it varies.
-    signature = {"max_steps": settings.mlm_steps, "seed": settings.seeds[0]}
+    signature = {"max_steps": settings.mlm_steps, "seed": settings.seeds[0], "precision": settings.precision}
     try:
         reusable = json.loads(marker.read_text(encoding="utf-8")).get("signature") == signature
     except (FileNotFoundError, json.JSONDecodeError):
@@ -328,7 +329,8 @@ def prepare_mlm_encoder(settings: GridSettings,
                             "the MLM pretraining script")
     marker.unlink(missing_ok=True)
     command = [settings.python, str(settings.mlm_script), "--out_dir", str(target),
-               "--max_steps", str(settings.mlm_steps), "--seed", str(settings.seeds[0])]
+               "--max_steps", str(settings.mlm_steps), "--seed", str(settings.seeds[0]),
+               "--precision", settings.precision]
     log_path = settings.out_dir / "mlm_encoder.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     say(f"MLM encoder: pretraining {settings.mlm_steps} steps into {target}, log in {log_path}")

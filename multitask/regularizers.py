@@ -37,9 +37,9 @@ class RegularizerSettings:
     r3f: bool = False
     rdrop: bool = False
     smart_lambda: float = 1.0
-    smart_eps: float = 1e-5
-    smart_sigma: float = 1e-5
-    smart_step_size: float = 1e-3
+    smart_eps: float = 1e-1
+    smart_sigma: float = 1e-2
+    smart_step_size: float = 1e-1
     smart_steps: int = 1
     # "shared": the perturbed passes of SMART and R3F reuse the clean pass's dropout masks, so the
     # term measures what δ changes; "independent": each pass draws its own (the mt-dnn code).

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from multitask.ablation import (GRID, MLM_SCRIPT, GridError, GridSettings, check_extra_args,  # noqa: E402
                                 parse_configs, parse_seeds, run_grid)
+from minbert.precision import PRECISIONS  # noqa: E402
 from multitask.ablation_report import write_reports  # noqa: E402
 from multitask.train import TrainSettings  # noqa: E402
 
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  f"--quick: {QUICK['mlm_steps']})")
     p.add_argument("--mlm_script", type=Path, default=MLM_SCRIPT,
                    help="the MLM pretraining script (takes --out_dir --max_steps --seed)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="compute precision of every run and of the MLM stage (see multitask_classifier.py --help)")
     p.add_argument("--keep_checkpoints", action="store_true",
                    help="keep each run's best checkpoint (by default removed once the run is finished)")
     p.add_argument("--quick", action="store_true", help="the whole grid on a tiny budget: 1 epoch, 64 examples per "
@@ -76,7 +79,7 @@ def settings_from_args(argv: list[str]) -> GridSettings:
                             train_limit=value["train_limit"], dev_limit=value["dev_limit"],
                             skip_predictions=value["skip_predictions"], extra_args=extra, mlm_dir=args.mlm_dir,
                             mlm_steps=value["mlm_steps"], mlm_script=args.mlm_script,
-                            keep_checkpoints=args.keep_checkpoints)
+                            keep_checkpoints=args.keep_checkpoints, precision=args.precision)
     except GridError as err:
         parser.error(str(err))
 

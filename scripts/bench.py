@@ -1,7 +1,8 @@
-"""Speed benchmark, side by side in one run: our encoder vs transformers.BertModel, and SMART/R3F vs plain.
+"""Speed benchmark, side by side in one run: our encoder vs transformers.BertModel in fp32 and bf16, and SMART/R3F/R-Drop vs plain.
 
 Every contender runs on the same weights and the same batches, interleaved, and the median of
-`--reps` timed repetitions after warm-up is reported, so machine noise hits all alike.
+`--reps` timed repetitions after warm-up is reported, so machine noise hits all alike. bf16 is
+autocast (fp32 weights) for both implementations.
 
     python scripts/bench.py                    # full table (about 15 minutes on 2 CPU cores)
     python scripts/bench.py --quick            # fewer lengths and repetitions, to check it runs
@@ -28,17 +29,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minbert import BertModel, load_tokenizer  # noqa: E402
 from minbert.optimizer import AdamW  # noqa: E402
 from minbert.paths import default_checkpoint_dir  # noqa: E402
+from minbert.precision import autocast, resolve_precision  # noqa: E402
 from multitask.batching import compare_padding, encode_task  # noqa: E402
 from multitask.data import CFIMDB, PARA, SST, STS  # noqa: E402
-from multitask.model import MultitaskBert, task_loss  # noqa: E402
+from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import RegularizerSettings, Regularizers  # noqa: E402
+from multitask.train import StepLoss  # noqa: E402
 from smart import MeanTeacher  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BATCH = 32
 # SMART with T = 1 and the teacher: clean fwd+bwd (3F), noisy fwd (F), backward to δ only (≈F: no
-# weight gradients), adversarial fwd+bwd (3F), teacher fwd (F) = 9F against plain's 3F.
-FLOP_RATIO = {"plain": 1.0, "plain+ema": 1.0, "smart": 9 / 3, "r3f": 6 / 3}
+# weight gradients), adversarial fwd+bwd (3F), teacher fwd (F) = 9F against plain's 3F. R3F and
+# R-Drop: a second fwd+bwd, 6F.
+FLOP_RATIO = {"plain": 1.0, "plain+ema": 1.0, "smart": 9 / 3, "r3f": 6 / 3, "rdrop": 6 / 3}
+CPU = torch.device("cpu")
 
 
 def realistic_batch(tokenizer, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -65,9 +70,9 @@ def realistic_batch(tokenizer, length: int, seed: int = 0) -> dict[str, torch.Te
     return tokenizer.pad([c[0] for c in chosen], [c[1] for c in chosen])
 
 
-def matmul_peak(seconds: float = 2.0) -> float:
-    """Measured fp32 GFLOP/s of torch.mm on this machine (the ceiling everything is compared with)."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def matmul_peak(dtype: torch.dtype = torch.float32, seconds: float = 2.0) -> float:
+    """Measured GFLOP/s of torch.mm in `dtype` on this machine (the ceiling everything is compared with)."""
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     torch.mm(a, b)
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -86,11 +91,11 @@ def forward_flops(config, attention_mask: torch.Tensor) -> float:
 
 
 class Contender:
-    """One implementation: a model, a linear head on its pooled output, an optimiser."""
+    """One implementation at one precision: a model, a linear head on its pooled output, an optimiser."""
 
-    def __init__(self, name: str, model: torch.nn.Module, optimizer_class) -> None:
+    def __init__(self, name: str, model: torch.nn.Module, optimizer_class, precision: str) -> None:
         torch.manual_seed(0)
-        self.name, self.model = name, model
+        self.name, self.model, self.precision = f"{name}-{precision}", model, precision
         self.head = torch.nn.Linear(model.config.hidden_size, 5)
         params = list(model.parameters()) + list(self.head.parameters())
         self.optimizer = optimizer_class(params, lr=5e-5, weight_decay=0.01)
@@ -102,24 +107,28 @@ class Contender:
 
     def train_step(self, batch, labels) -> None:
         self.model.train()
-        F.cross_entropy(self.head(self.pooled(batch)), labels).backward()
+        with autocast(CPU, self.precision):
+            logits = self.head(self.pooled(batch))
+        F.cross_entropy(logits.float(), labels).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def infer(self, batch) -> None:
         self.model.eval()
-        self.head(self.pooled(batch))
+        with autocast(CPU, self.precision):
+            self.head(self.pooled(batch))
 
 
-def make_contender(name: str) -> Contender:
-    """minbert (packed real tokens, our AdamW) or transformers.BertModel with sdpa/eager attention."""
+def make_contender(impl: str) -> Contender:
+    """`minbert-<precision>` (packed real tokens, our AdamW) or `hf-<sdpa|eager>-<precision>` (transformers.BertModel)."""
+    name, precision = impl.rsplit("-", 1)
     if name == "minbert":
-        return Contender(name, BertModel.from_pretrained(unpad_inputs=True), AdamW)
+        return Contender(name, BertModel.from_pretrained(unpad_inputs=True), AdamW, precision)
     import transformers
     attention = name.removeprefix("hf-")
     model = transformers.BertModel.from_pretrained(str(default_checkpoint_dir()), attn_implementation=attention)
-    return Contender(name, model, torch.optim.AdamW)
+    return Contender(name, model, torch.optim.AdamW, precision)
 
 
 def interleaved(functions: dict[str, callable], reps: int, warmup: int = 2) -> dict[str, float]:
@@ -136,9 +145,14 @@ def interleaved(functions: dict[str, callable], reps: int, warmup: int = 2) -> d
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def encoder_table(tokenizer, lengths, reps, include_eager, peak) -> list[dict]:
+def encoder_impls(include_eager: bool) -> list[str]:
+    names = ("minbert", "hf-sdpa", "hf-eager")[: 3 if include_eager else 2]
+    return [f"{name}-{precision}" for precision in ("fp32", "bf16") for name in names]
+
+
+def encoder_table(tokenizer, lengths, reps, include_eager, peaks: dict[str, float]) -> list[dict]:
     rows = []
-    models = [make_contender(name) for name in ("minbert", "hf-sdpa", "hf-eager")[: 3 if include_eager else 2]]
+    models = [make_contender(impl) for impl in encoder_impls(include_eager)]
     for length in lengths:
         batch = realistic_batch(tokenizer, length)
         labels = torch.randint(0, 5, (BATCH,), generator=torch.Generator().manual_seed(0))
@@ -151,10 +165,14 @@ def encoder_table(tokenizer, lengths, reps, include_eager, peak) -> list[dict]:
                 fns = {c.name: (lambda c=c: c.infer(batch)) for c in models}
             seconds = interleaved(fns, reps)
             work = 3 * flops if mode == "train" else flops
-            for name, s in seconds.items():
-                rows.append({"length": length, "mode": mode, "impl": name, "seconds": s,
-                             "sentences_per_s": BATCH / s, "speedup_vs_hf_sdpa": seconds["hf-sdpa"] / s,
-                             "fraction_of_peak": work / s / 1e9 / peak, "padding": padding})
+            for c in models:
+                s = seconds[c.name]
+                rows.append({"length": length, "mode": mode, "impl": c.name, "precision": c.precision,
+                             "seconds": s, "sentences_per_s": BATCH / s,
+                             # against transformers at the same precision, and against our own fp32
+                             "speedup_vs_hf_sdpa": seconds[f"hf-sdpa-{c.precision}"] / s,
+                             "speedup_vs_own_fp32": seconds[c.name.replace(c.precision, "fp32")] / s,
+                             "fraction_of_peak": work / s / 1e9 / peaks[c.precision], "padding": padding})
     return rows
 
 
@@ -162,7 +180,10 @@ def encoder_table(tokenizer, lengths, reps, include_eager, peak) -> list[dict]:
 # beside it). SMART's Bregman teacher is itself the weight average, as in training.
 REGULARISED = {"plain": (None, False), "plain+ema": (None, True),
                "smart": (RegularizerSettings(adversarial=True, bregman=True), False),
-               "r3f": (RegularizerSettings(r3f=True), False)}
+               "r3f": (RegularizerSettings(r3f=True), False),
+               "rdrop": (RegularizerSettings(rdrop=True), False)}
+# The regularised steps run at the precision training picks on this machine.
+STEP_PRECISION = resolve_precision("auto", CPU)
 
 
 def regularised_batch(tokenizer, length: int) -> dict[str, torch.Tensor]:
@@ -179,14 +200,12 @@ def regularised_step(method: str, batch: dict[str, torch.Tensor]):
     regs = Regularizers(model, settings) if settings else None
     teacher = regs.teacher if regs is not None else (MeanTeacher(model) if keeps_average else None)
     optimizer = AdamW(model.parameters(), lr=5e-5)
+    loss_terms = StepLoss(model, regs)
 
     def step():
         model.train()
-        embeddings, mask = model.embed("sst", batch)
-        output = model.predict_from_embeddings("sst", embeddings, mask)
-        loss = task_loss("sst", output, batch["labels"])
-        if regs is not None:
-            loss = loss + sum(regs(model, "sst", batch, embeddings, mask, output).values())
+        with autocast(CPU, STEP_PRECISION):
+            loss = sum(loss_terms("sst", batch).values())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -196,7 +215,7 @@ def regularised_step(method: str, batch: dict[str, torch.Tensor]):
 
 
 def regulariser_table(tokenizer, length: int, reps: int) -> list[dict]:
-    """Plain fine-tuning (with and without the weight average) vs SMART vs R3F, on one SST batch."""
+    """Plain fine-tuning (with and without the weight average) vs SMART, R3F and R-Drop, on one SST batch."""
     batch = regularised_batch(tokenizer, length)
     seconds = interleaved({method: regularised_step(method, batch) for method in REGULARISED}, reps)
     return [{"method": name, "length": length, "seconds": s, "ratio_to_plain": s / seconds["plain"],
@@ -253,21 +272,24 @@ def memory_table(impls, length: int) -> list[dict]:
 
 
 def print_report(report: dict) -> None:
+    peaks = report["matmul_peak_gflops"]
     print(f"\nmachine: {report['machine']}; torch {report['torch']}, {report['threads']} threads; "
-          f"fp32 matmul peak {report['matmul_peak_gflops']:.0f} GFLOP/s")
-    print(f"\nencoder, batch {BATCH} of real inputs (~25% padding); median seconds per call")
-    print(f"{'len':>4} {'mode':>5} {'impl':>9} {'seconds':>8} {'sent/s':>7} {'vs hf-sdpa':>10} {'of peak':>8}")
+          f"matmul peak fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    print(f"\nencoder, batch {BATCH} of real inputs (~25% padding); median seconds per call; bf16 = autocast")
+    print(f"{'len':>4} {'mode':>5} {'impl':>14} {'seconds':>8} {'sent/s':>7} {'vs hf-sdpa':>10} {'vs own fp32':>11} "
+          f"{'of peak':>8}")
     for r in report["encoder"]:
-        print(f"{r['length']:>4} {r['mode']:>5} {r['impl']:>9} {r['seconds']:>8.3f} {r['sentences_per_s']:>7.1f} "
-              f"{r['speedup_vs_hf_sdpa']:>9.2f}x {r['fraction_of_peak']:>8.0%}")
+        print(f"{r['length']:>4} {r['mode']:>5} {r['impl']:>14} {r['seconds']:>8.3f} {r['sentences_per_s']:>7.1f} "
+              f"{r['speedup_vs_hf_sdpa']:>9.2f}x {r['speedup_vs_own_fp32']:>10.2f}x {r['fraction_of_peak']:>8.0%}")
     print("\npeak RSS over 3 training steps, one process per implementation (model and data loaded before)")
     for r in report["memory"]:
-        print(f"  {r['impl']:>9} len {r['length']}: peak {r['peak_rss_mib']:.0f} MiB, "
+        print(f"  {r['impl']:>14} len {r['length']}: peak {r['peak_rss_mib']:.0f} MiB, "
               f"{r['peak_rss_mib'] - r['rss_before_mib']:.0f} MiB above the loaded model")
     print("\npadding share of computed tokens over one epoch, batch 32")
     for r in report["padding"]:
         print(f"  {r['task']:>5}: bucketed {r['bucketed']:.1%}   random batches {r['random']:.1%}")
-    print("\nregularised fine-tuning step (multitask model, SST head), median seconds; peak RSS over 3 steps")
+    print(f"\nregularised fine-tuning step (multitask model, SST head, {report['step_precision']}), median seconds; "
+          "peak RSS over 3 steps")
     print(f"{'method':>9} {'seconds':>8} {'x plain':>8} {'x plain+ema':>11} {'FLOP ratio':>10} {'measured/FLOP':>13} "
           f"{'peak MiB':>8} {'above plain':>11}")
     peaks = {r["impl"]: r["peak_rss_mib"] for r in report["regulariser_memory"]}
@@ -297,12 +319,14 @@ def main() -> None:
     import logging
     logging.getLogger("transformers").setLevel(logging.ERROR)
     tokenizer = load_tokenizer()
-    peak = matmul_peak()
-    impls = ["minbert", "hf-sdpa"] + ([] if args.no_eager else ["hf-eager"])
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    impls = encoder_impls(not args.no_eager)
     regularised_length = 64 if 64 in args.lengths else args.lengths[0]
     report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
-              "encoder": encoder_table(tokenizer, args.lengths, args.reps, not args.no_eager, peak),
+              "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", "scripts/bench.py", *sys.argv[1:]]),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "matmul_peak_gflops": peaks,
+              "step_precision": STEP_PRECISION,
+              "encoder": encoder_table(tokenizer, args.lengths, args.reps, not args.no_eager, peaks),
               "memory": memory_table(impls, max(args.lengths)),
               "padding": padding_table(tokenizer),
               "regularisers": regulariser_table(tokenizer, regularised_length, args.reps),

@@ -27,6 +27,7 @@ from minbert import CheckpointError, load_tokenizer  # noqa: E402
 from minbert.atomic import atomic_write_text, replaced_directory  # noqa: E402
 from minbert.corpus import dedupe, split_held_out, tokenise_and_pack  # noqa: E402
 from minbert.masking import MaskingVocab  # noqa: E402
+from minbert.precision import PRECISIONS, resolve_precision  # noqa: E402
 from minbert.mlm import BertForMaskedLM  # noqa: E402
 from minbert.pretrain import MLMPretrainer, PretrainingAborted, PretrainSettings  # noqa: E402
 from multitask.corpus import pretraining_texts, training_files  # noqa: E402
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on the held-out rows every N updates")
     p.add_argument("--seed", type=int, default=11711, help="head initialisation, batch order and training masks")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto takes CUDA when present")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere")
     return p
 
 
@@ -90,6 +93,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, mask_probability=args.mask_probability,
         whole_word_mask=args.whole_word_mask, eval_every=args.eval_every, seed=args.seed)
     device = pick_device(args.device)
+    settings.precision = resolve_precision(args.precision, device)
+    log.info("precision: %s", settings.precision)
     seed_everything(args.seed)
     tokenizer = load_tokenizer(args.pretrained)
     texts = pretraining_texts(args.data_dir, args.corpus)
@@ -124,7 +129,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     with replaced_directory(args.out_dir) as staging:
         model.save_pretrained(staging, tokenizer_from=args.pretrained)
         os.replace(metrics, staging / METRICS_FILE)
-        run_record = {"settings": vars(args),
+        run_record = {"settings": {**vars(args), "precision": settings.precision},
                       "total_steps": trainer.total, "head_from_checkpoint": model.head_from_checkpoint,
                       "corpus": {"texts": len(texts), "documents": len(documents), "train_documents": len(train_docs),
                                  "held_out_documents": len(held_docs), "train_rows": len(train),

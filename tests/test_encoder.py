@@ -153,3 +153,20 @@ def test_unpadded_layers_match_padded_on_real_tokens_and_gradients(tokenizer, da
     (b["pooler_output"].sum() + (b["last_hidden_state"] * real[..., None]).sum()).backward()
     for (name, p), q in zip(padded.named_parameters(), packed.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-4), name
+
+
+def test_packing_rounds_rows_up_with_pad_positions_and_unpacks_real_tokens_only():
+    from minbert.packing import Packing
+    mask = torch.zeros(4, 10, dtype=torch.long)
+    for row, length in enumerate((10, 7, 3, 1)):
+        mask[row, :length] = 1
+    packing = Packing.from_mask(mask, granule=8)
+    real = mask.reshape(-1).nonzero().squeeze(1)
+    assert packing.real == 21 and packing.index.numel() == 24
+    assert torch.equal(packing.index[:21], real)
+    assert not mask.reshape(-1)[packing.index[21:]].any() and packing.index.unique().numel() == 24
+    rows = torch.arange(24.0).unsqueeze(1) + 1
+    assert torch.equal(packing.unpack(rows, real_only=True)[~mask.bool()], torch.zeros(19, 1))
+    assert packing.unpack(rows)[~mask.bool()].count_nonzero() == 3
+    # Never more rows than the grid has positions.
+    assert Packing.from_mask(mask, granule=64).index.numel() == 40

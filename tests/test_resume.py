@@ -45,7 +45,7 @@ def one_torch_thread():
 # ---------------------------------------------------------------------------------- in-process, tiny model
 
 def tiny_trainer(out_dir: Path, smart: bool, grad_accum: int = 1, crash_at_update: int | None = None,
-                 init_seed: int = 0) -> tuple[Trainer, RunState, Regularizers | None]:
+                 init_seed: int = 0, precision: str = "fp32") -> tuple[Trainer, RunState, Regularizers | None]:
     """A two-epoch run of a tiny random BERT on three tiny tasks, saving its state every 2 updates.
 
     `crash_at_update` raises Crash right after that optimiser update, between two saves, so the
@@ -67,7 +67,8 @@ def tiny_trainer(out_dir: Path, smart: bool, grad_accum: int = 1, crash_at_updat
 
     tasks = tiny_tasks()
     trainer = CrashingTrainer(model, tasks, tasks,
-                              TrainSettings(epochs=2, batch_size=8, lr=1e-3, seed=0, grad_accum=grad_accum),
+                              TrainSettings(epochs=2, batch_size=8, lr=1e-3, seed=0, grad_accum=grad_accum,
+                                            precision=precision),
                               torch.device("cpu"), out_dir, regularizer=regularizers, teacher=teacher,
                               on_checkpoint=lambda t: run_state.save(t, teacher), save_every=2)
     return trainer, run_state, regularizers
@@ -88,23 +89,26 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert not different, different
 
 
-@pytest.mark.parametrize("smart,grad_accum,crash_at_update", [
-    (True, 1, 13),   # SMART: adversarial noise and the mean teacher must both continue exactly
-    (False, 1, 3),   # crash in the first epoch
-    (True, 2, 7),    # accumulation: 9 steps an epoch, so the last group of each epoch is a single step
-], ids=["smart", "plain-epoch1", "smart-grad-accum"])
-def test_interrupted_and_resumed_trainer_is_bit_identical(tmp_path, smart, grad_accum, crash_at_update):
-    reference, _, reference_regs = tiny_trainer(tmp_path / "reference", smart, grad_accum)
+@pytest.mark.parametrize("smart,grad_accum,crash_at_update,precision", [
+    (True, 1, 13, "fp32"),   # SMART: adversarial noise and the mean teacher must both continue exactly
+    (False, 1, 3, "fp32"),   # crash in the first epoch
+    (True, 2, 7, "fp32"),    # accumulation: 9 steps an epoch, so the last group of each epoch is a single step
+    (True, 1, 13, "bf16"),   # the same under bf16 autocast
+], ids=["smart", "plain-epoch1", "smart-grad-accum", "smart-bf16"])
+def test_interrupted_and_resumed_trainer_is_bit_identical(tmp_path, smart, grad_accum, crash_at_update, precision):
+    reference, _, reference_regs = tiny_trainer(tmp_path / "reference", smart, grad_accum, precision=precision)
     reference_history = reference.train()
 
-    crashed, _, _ = tiny_trainer(tmp_path / "run", smart, grad_accum, crash_at_update=crash_at_update)
+    crashed, _, _ = tiny_trainer(tmp_path / "run", smart, grad_accum, crash_at_update=crash_at_update,
+                                 precision=precision)
     with pytest.raises(Crash):
         crashed.train()
     assert crashed.updates == crash_at_update
     lines_before = metrics_lines(tmp_path / "run")
 
     # A new "process": different initial weights and RNG draws, all to be overwritten by the state.
-    resumed, run_state, resumed_regs = tiny_trainer(tmp_path / "run", smart, grad_accum, init_seed=123)
+    resumed, run_state, resumed_regs = tiny_trainer(tmp_path / "run", smart, grad_accum, init_seed=123,
+                                                    precision=precision)
     torch.rand(1000)
     state = run_state.load()
     assert state is not None
@@ -234,12 +238,13 @@ def finish(process: subprocess.Popen) -> str:
     return output_of(process)
 
 
-def test_sigkilled_run_resumes_to_byte_identical_predictions_and_scores(tiny_files, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sigkilled_run_resumes_to_byte_identical_predictions_and_scores(tiny_files, tmp_path, precision):
     reference_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    finish(start_run(tiny_files, reference_dir, "--save_every", "0"))
+    finish(start_run(tiny_files, reference_dir, "--save_every", "0", "--precision", precision))
 
     # Started with --resume too: with nothing saved yet it must say so and start fresh.
-    process = start_run(tiny_files, run_dir, "--save_every", "2", "--resume")
+    process = start_run(tiny_files, run_dir, "--save_every", "2", "--resume", "--precision", precision)
     trigger = run_dir / "resume" / KILL_WHEN_WRITTEN
     deadline = time.monotonic() + 600
     while not trigger.exists():
@@ -259,7 +264,8 @@ def test_sigkilled_run_resumes_to_byte_identical_predictions_and_scores(tiny_fil
     assert len(metrics_lines(run_dir)) == 1
 
     # A different --save_every does not change results, so it may differ on resumption.
-    resumed_log = finish(start_run(tiny_files, run_dir, "--save_every", "3", "--resume"))[len(first_log):]
+    resumed_log = finish(start_run(tiny_files, run_dir, "--save_every", "3", "--resume",
+                                   "--precision", precision))[len(first_log):]
     assert "resuming the run" in resumed_log and "epoch 2, step" in resumed_log
 
     _, reference_outputs = output_args(reference_dir / "predictions")
@@ -272,12 +278,17 @@ def test_sigkilled_run_resumes_to_byte_identical_predictions_and_scores(tiny_fil
 
     # Resuming with a setting that changes results is refused before any training, naming the flag.
     out_args, _ = output_args(run_dir / "predictions")
+    command = ["--option", "finetune", "--epochs", "2", "--batch_size", "8", "--seed", SEED, "--device", "cpu",
+               *data_args(tiny_files), *out_args, "--out_dir", str(run_dir), "--resume"]
     with pytest.raises(SystemExit) as refused:
-        main(["--option", "finetune", "--epochs", "2", "--batch_size", "8", "--seed", SEED, "--device", "cpu",
-              *data_args(tiny_files), *out_args, "--out_dir", str(run_dir), "--resume", "--lr", "1e-4"])
+        main([*command, "--precision", precision, "--lr", "1e-4"])
     message = str(refused.value.code)
     assert "refusing to resume" in message and "--lr: saved 5e-05, now 0.0001" in message
     assert "\n" not in message
+    other = {"fp32": "bf16", "bf16": "fp32"}[precision]
+    with pytest.raises(SystemExit) as refused:
+        main([*command, "--precision", other])
+    assert f"--precision: saved '{precision}', now '{other}'" in str(refused.value.code)
 
 
 def final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
