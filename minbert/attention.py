@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minbert.config import BertConfig
+from minbert.linear import Linear
 from minbert.packing import Packing
 
 
@@ -25,7 +26,7 @@ class BertSelfAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_size = config.head_size
         # One [3H, H] matmul instead of three [H, H] ones; the rows are query, key, value in order.
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.qkv = Linear(config.hidden_size, 3 * config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
         self.implementation = config.attn_implementation
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from minbert.attention import BertSelfAttention
 from minbert.config import BertConfig
+from minbert.linear import Linear
 from minbert.packing import Packing
 
 
@@ -27,7 +28,7 @@ class AddNorm(nn.Module):
 
     def __init__(self, in_size: int, config: BertConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(in_size, config.hidden_size)
+        self.dense = Linear(in_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -42,7 +43,7 @@ class BertLayer(nn.Module):
         super().__init__()
         self.attention = BertSelfAttention(config)
         self.attention_output = AddNorm(config.hidden_size, config)
-        self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate = Linear(config.hidden_size, config.intermediate_size)
         self.act = activation(config.hidden_act)
         self.output = AddNorm(config.intermediate_size, config)
 
@@ -57,7 +58,7 @@ class BertPooler(nn.Module):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))

@@ -76,6 +76,11 @@ class BertModel(nn.Module):
         """
         if attention_mask is None:
             attention_mask = torch.ones(embeddings.shape[:2], dtype=torch.long, device=embeddings.device)
+        device_type = embeddings.device.type
+        if torch.is_autocast_enabled(device_type):
+            # The residual stream in the autocast dtype too: otherwise every residual add promotes
+            # to fp32 and every linear layer casts its input back down.
+            embeddings = embeddings.to(torch.get_autocast_dtype(device_type))
         additive_mask = additive_attention_mask(attention_mask, embeddings.dtype)
         packing = Packing.from_mask(attention_mask) if self.config.unpad_inputs else None
         if packing is None:

@@ -94,8 +94,9 @@ class MultitaskBert(nn.Module):
     def pool(self, encoder_out: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             return encoder_out["pooler_output"]
-        weights = mask.to(encoder_out["last_hidden_state"].dtype).unsqueeze(-1)
-        summed = (encoder_out["last_hidden_state"] * weights).sum(1)
+        hidden = encoder_out["last_hidden_state"].float()  # pooled in fp32 whatever the compute precision
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        summed = (hidden * weights).sum(1)
         return summed / weights.sum(1).clamp(min=1.0)
 
     def forward(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -47,7 +47,7 @@ class RegularizerSettings:
     bregman_mu: float = 1.0
     bregman_beta: float | None = None  # None: 0.99 for the first 10% of updates, then 0.999
     r3f_noise: str = "normal"
-    r3f_eps: float = 1e-5
+    r3f_eps: float = 0.5
     r3f_lambda: float = 1.0
     rdrop_alpha: float = 1.0
     # The tasks whose steps get each term; None: every task. A small task that overfits (SST)

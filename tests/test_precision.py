@@ -87,3 +87,37 @@ def test_bf16_encoder_is_within_bf16_tolerance_of_fp32(unpad, data_dir):
     cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
     assert cosine.min() > 0.995
     assert not torch.equal(a, b), "autocast did not run in bf16"
+
+
+def test_linear_reuses_its_bf16_weights_only_while_they_are_unchanged():
+    from minbert.linear import Linear
+    torch.manual_seed(0)
+    layer, x = Linear(8, 4), torch.randn(3, 8)
+    with torch.no_grad(), autocast(CPU, "bf16"):
+        first = layer(x)
+        cached = layer._cast[1]
+        assert torch.equal(first, torch.nn.functional.linear(x, layer.weight, layer.bias))  # autocast's own result
+        assert layer(x) is not None and layer._cast[1] is cached  # reused, not cast again
+    with torch.no_grad():
+        layer.weight.add_(1.0)  # an optimiser step: in place, the version moves
+        with autocast(CPU, "bf16"):
+            after = layer(x)
+    assert layer._cast[1] is not cached
+    assert torch.equal(after, torch.nn.functional.linear(x.bfloat16(), layer.weight.bfloat16(), layer.bias.bfloat16()))
+    # With autograd on (training) the ordinary autocast path runs and gradients reach the weights.
+    with autocast(CPU, "bf16"):
+        layer(x).float().sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.float32
+    # fp32: the plain layer.
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+
+
+def test_under_autocast_the_residual_stream_is_bf16_and_the_outputs_fp32():
+    torch.manual_seed(0)
+    model = MultitaskBert(BertModel(TINY))
+    batch = tiny_tasks()["sst"].batch([0, 1, 2])
+    seen = []
+    model.encoder.encoder.layer[0].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    with torch.no_grad(), autocast(CPU, "bf16"):
+        output = model("sst", batch)
+    assert seen == [torch.bfloat16] and output.dtype == torch.float32
