@@ -23,6 +23,7 @@ class Packing:
     """
 
     index: torch.Tensor  # [N'] positions in the flattened B·T grid: the N real ones first
+    pads: torch.Tensor  # every pad position, those in `index` first
     real: int  # N
     batch: int
     length: int
@@ -34,11 +35,10 @@ class Packing:
         if bool(flat.all()):
             return None
         real = flat.nonzero().squeeze(1)
+        pads = (flat == 0).nonzero().squeeze(1)
         rows = min(flat.numel(), -(-real.numel() // granule) * granule)
-        index = real
-        if rows > real.numel():
-            index = torch.cat([real, (flat == 0).nonzero().squeeze(1)[: rows - real.numel()]])
-        return cls(index, real.numel(), attention_mask.shape[0], attention_mask.shape[1])
+        index = torch.cat([real, pads[: rows - real.numel()]])
+        return cls(index, pads, real.numel(), attention_mask.shape[0], attention_mask.shape[1])
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         """[B, T, ...] to [N', ...]."""
@@ -48,5 +48,9 @@ class Packing:
         """[N', ...] to [B, T, ...], zeros at the pad positions (with `real_only`, at every one of them)."""
         index = self.index[: self.real] if real_only else self.index
         packed = packed[: self.real] if real_only else packed
-        flat = packed.new_zeros(self.batch * self.length, *packed.shape[1:]).index_copy(0, index, packed)
+        # Zeros only where no row is written: filling the whole grid first costs a full pass over it.
+        unset = self.pads if real_only else self.pads[self.index.numel() - self.real:]
+        # In place on a fresh tensor: the out-of-place forms would copy the whole grid once more.
+        flat = packed.new_empty(self.batch * self.length, *packed.shape[1:])
+        flat.index_copy_(0, index, packed).index_fill_(0, unset, 0)
         return flat.view(self.batch, self.length, *packed.shape[1:])

@@ -5,8 +5,6 @@ Run on the packaged MiniLM with dropout on, in a training step as the Trainer ta
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from torch import nn
