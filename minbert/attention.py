@@ -35,7 +35,7 @@ class BertSelfAttention(nn.Module):
         """hidden is [B, T, H], or the packed [N, H] real tokens when `packing` is given."""
         qkv = self.qkv(hidden)
         if packing is not None:
-            qkv = packing.unpack(qkv)  # attention mixes positions: back to the [B, T] grid
+            qkv = packing.to_grid(qkv)  # attention mixes positions: back to a padded grid
         batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         # [B, T, 3, heads, d] -> three tensors of [B, heads, T, d]
         q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
@@ -48,7 +48,7 @@ class BertSelfAttention(nn.Module):
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask, dropout_p=dropout)
         context = context.transpose(1, 2).reshape(batch, length, width)
-        return context if packing is None else packing.pack(context)
+        return context if packing is None else packing.from_grid(context)
 
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor,

@@ -81,12 +81,12 @@ class BertModel(nn.Module):
             # The residual stream in the autocast dtype too: otherwise every residual add promotes
             # to fp32 and every linear layer casts its input back down.
             embeddings = embeddings.to(torch.get_autocast_dtype(device_type))
-        additive_mask = additive_attention_mask(attention_mask, embeddings.dtype)
         packing = Packing.from_mask(attention_mask) if self.config.unpad_inputs else None
         if packing is None:
-            hidden = self.encoder(embeddings, additive_mask)
+            hidden = self.encoder(embeddings, additive_attention_mask(attention_mask, embeddings.dtype))
         else:
-            hidden = packing.unpack(self.encoder(packing.pack(embeddings), additive_mask, packing), real_only=True)
+            additive_mask = additive_attention_mask(packing.grid_mask(), embeddings.dtype)
+            hidden = packing.unpack(self.encoder(packing.pack(embeddings), additive_mask, packing))
         return {"last_hidden_state": hidden, "pooler_output": self.pooler(hidden)}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -155,18 +155,26 @@ def test_unpadded_layers_match_padded_on_real_tokens_and_gradients(tokenizer, da
         assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-4), name
 
 
-def test_packing_rounds_rows_up_with_pad_positions_and_unpacks_real_tokens_only():
+def test_packing_rounds_rows_and_grid_and_unpacks_real_tokens_only():
     from minbert.packing import Packing
     mask = torch.zeros(4, 10, dtype=torch.long)
     for row, length in enumerate((10, 7, 3, 1)):
         mask[row, :length] = 1
-    packing = Packing.from_mask(mask, granule=8)
+    packing = Packing.from_mask(mask, granule=8, grid_multiple=8)
     real = mask.reshape(-1).nonzero().squeeze(1)
     assert packing.real == 21 and packing.index.numel() == 24
     assert torch.equal(packing.index[:21], real)
     assert not mask.reshape(-1)[packing.index[21:]].any() and packing.index.unique().numel() == 24
     rows = torch.arange(24.0).unsqueeze(1) + 1
-    assert torch.equal(packing.unpack(rows, real_only=True)[~mask.bool()], torch.zeros(19, 1))
-    assert packing.unpack(rows)[~mask.bool()].count_nonzero() == 3
+    unpacked = packing.unpack(rows)
+    assert torch.equal(unpacked[mask.bool()], rows[:21]) and not unpacked[~mask.bool()].any()
+    # The attention grid is 16 wide: every row at its (batch, position), zeros elsewhere, and the
+    # grid's mask marks exactly the real tokens.
+    grid = packing.to_grid(rows)
+    assert grid.shape == (4, 16, 1) and grid.count_nonzero() == 24
+    grid_mask = packing.grid_mask()
+    assert torch.equal(grid_mask[:, :10], mask) and not grid_mask[:, 10:].any()
+    assert torch.equal(grid[grid_mask.bool()], rows[:21])
+    assert torch.equal(packing.from_grid(grid), rows)
     # Never more rows than the grid has positions.
     assert Packing.from_mask(mask, granule=64).index.numel() == 40

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from minbert import BertModel
+from minbert.precision import resolve_precision
 from multitask.cli import build_parser, check_regularizer_flags, main, regularizer_settings
 from multitask.predictions import read_predictions
 
@@ -148,6 +149,8 @@ def test_finetune_saves_the_best_checkpoint(finetune_run, packaged_encoder):
         assert not (finetune_run["out_dir"] / leftover).exists()
     run = json.loads((best / "run.json").read_text())
     assert run["tasks"] == ["sst", "para", "sts"]
+    # The precision that ran, not the flag's "auto".
+    assert run["settings"]["precision"] == resolve_precision("auto", torch.device("cpu"))
     # Pairs are swapped in training and scored in both orders unless --no_pair_swap.
     assert run["symmetric_pairs"] is True and run["settings"]["swap_pairs"] is True
     # The default fine-tuning recipe is the task losses alone: no regulariser term is logged.
