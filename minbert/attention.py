@@ -41,8 +41,8 @@ class BertSelfAttention(nn.Module):
         q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
         dropout = self.dropout_prob if self.training else 0.0
         # On the CPU, torch's fused kernel has no dropout: with dropout it falls back to a generic
-        # path that upcasts bf16 softmax to fp32, which was measured 15% slower per training step
-        # than the explicit computation and needs twice the memory.
+        # path that upcasts bf16 softmax to fp32, slower and larger than the explicit computation
+        # (measured in results/README.md).
         if self.implementation == "eager" or (dropout > 0 and q.device.type == "cpu"):
             context = eager_attention(q, k, v, additive_mask, dropout)
         else:

@@ -11,8 +11,8 @@ class Linear(nn.Linear):
     """nn.Linear, except under autocast with autograd off (evaluation, prediction).
 
     Autocast casts the fp32 weights to bf16 again at every call that enters a new autocast
-    region, and an evaluation of many batches enters one per batch; the cast of the encoder's
-    weights was a fifth of a bf16 inference call. Here the cast copy is kept and reused while the
+    region, and an evaluation of many batches enters one per batch, each paying the cast of all
+    the encoder's weights again. Here the cast copy is kept and reused while the
     weights are the same tensors at the same version (any in-place update, such as an optimiser
     step or loading a state dict, bumps the version and forces a new cast). With autograd on,
     autocast's own per-step cache does this job, so training takes the ordinary path.

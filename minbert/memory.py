@@ -25,8 +25,8 @@ def release_free_memory() -> bool:
     Training with packed batches allocates tensors of ever-changing sizes; glibc keeps the freed
     blocks in its heap, where they fragment, and the process's RSS ratchets up epoch after epoch
     though the live tensors stay the same size. malloc_trim(0) gives whole free pages anywhere in
-    the heap back (a few milliseconds), which bounds the RSS without changing how malloc serves
-    allocations (forcing mmap for large blocks instead was measured 53% slower).
+    the heap back, which bounds the RSS without changing how malloc serves allocations (forcing
+    mmap for large blocks instead makes every step fault its pages in afresh; results/README.md).
     """
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False

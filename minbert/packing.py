@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 # Training batches have ever-changing token counts and widths, and tensors of ever-changing sizes
-# fragment the C heap: without rounding, a run's RSS was measured to ratchet up by gigabytes.
+# fragment the C heap: without rounding, a run's RSS ratchets up epoch after epoch (results/README.md).
 # With packed row counts rounded up to a multiple of ROW_GRANULE and the attention grid's width
 # to a multiple of GRID_MULTIPLE there are a few dozen distinct sizes, and freed blocks are
 # reused. The rounding rows are taken from pad positions and the extra grid columns are masked

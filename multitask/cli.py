@@ -268,15 +268,16 @@ REGULARIZER_SWITCHES = {"--smart_tasks": "smart", "--r3f_tasks": "r3f", "--rdrop
 def check_regularizer_flags(args: argparse.Namespace, tasks: tuple[str, ...]) -> None:
     """The flag rules of the regularisers (see --help): contradictions are errors naming both flags."""
     for flag, switch in REGULARIZER_SWITCHES.items():
-        if getattr(args, flag[2:]) is not None and not getattr(args, switch):
+        named = getattr(args, flag[2:])
+        if named is None:
+            continue
+        if not getattr(args, switch):
             raise SystemExit(f"error: {flag} narrows --{switch} to some tasks, but --{switch} is not on; "
                              f"add --{switch}, or drop {flag}")
-        named = getattr(args, flag[2:])
-        if named is not None:
-            untrained = [t for t in parse_tasks(named, flag) if t not in tasks]
-            if untrained:
-                raise SystemExit(f"error: {flag}: {','.join(untrained)} not among the trained --tasks "
-                                 f"{','.join(tasks)}")
+        untrained = [t for t in parse_tasks(named, flag) if t not in tasks]
+        if untrained:
+            raise SystemExit(f"error: {flag}: {','.join(untrained)} not among the trained --tasks "
+                             f"{','.join(tasks)}")
     for part in ("--no_adversarial", "--no_bregman"):
         if getattr(args, part[2:]) and not args.smart:
             raise SystemExit(f"error: {part} switches off a part of --smart, which is not on; add --smart")

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minbert.precision import autocast
 from multitask.batching import EncodedTask, restore_order, sorted_batches
 from multitask.model import HEADS, MultitaskBert
-from minbert.precision import autocast
 from multitask.runtime import show_progress, to_device
 
 

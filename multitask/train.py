@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 from minbert.atomic import atomic_write_text
 from minbert.memory import release_free_memory
 from minbert.optimizer import AdamW, is_decayed, warmup_linear_decay
+from minbert.precision import autocast
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert, task_loss
-from minbert.precision import autocast
 from multitask.runtime import show_progress, to_device
 from multitask.schedule import task_order
 from smart import DropoutReplay, MeanTeacher
