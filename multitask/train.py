@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # Updates between returns of freed heap memory to the OS (minbert.memory): often enough that the
 # heap cannot ratchet up between two, rarely enough that the cost is lost in the step time.
-RELEASE_MEMORY_EVERY = 10
+RELEASE_MEMORY_EVERY = 5
 
 
 class TrainingAborted(RuntimeError):
