@@ -11,6 +11,11 @@ from minbert.errors import CheckpointError
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+         "max_position_embeddings", "type_vocab_size")
+# (field, lowest allowed, first value not allowed)
+RATES = (("hidden_dropout_prob", 0.0, 1.0), ("attention_probs_dropout_prob", 0.0, 1.0),
+         ("initializer_range", 0.0, float("inf")), ("layer_norm_eps", 1e-30, 1.0))
 
 
 @dataclass
@@ -36,6 +41,19 @@ class BertConfig:
     unpad_inputs: bool = False
 
     def __post_init__(self) -> None:
+        # Types and ranges first: a config.json with "hidden_size": "384" or a layer count of -1
+        # should be named as such, not surface as an arithmetic error somewhere inside a layer.
+        for name in SIZES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int) \
+                or not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id must be an integer in 0..vocab_size-1, got {self.pad_token_id!r}")
+        for name, low, high in RATES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+                raise ValueError(f"{name} must be a number in [{low:g}, {high:g}), got {value!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")

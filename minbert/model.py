@@ -16,7 +16,7 @@ from minbert.embeddings import BertEmbeddings
 from minbert.layers import BertLayer, BertPooler
 from minbert.packing import Packing
 from minbert.paths import resolve_checkpoint_dir
-from minbert.weights import (find_weight_file, hf_to_minbert, minbert_to_hf, read_tensors, save_tensors,
+from minbert.weights import (check_sizes, find_weight_file, hf_to_minbert, minbert_to_hf, read_tensors, save_tensors,
                              split_checkpoint)
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -102,9 +102,11 @@ class BertModel(nn.Module):
         """
         directory = resolve_checkpoint_dir(path)
         config = BertConfig.from_json_file(directory / "config.json", **config_overrides)
-        model = cls(config)
         weight_file = find_weight_file(directory)
         encoder_state, _heads = split_checkpoint(read_tensors(weight_file))
+        # Before the model is built: a config asking for absurd sizes must fail here, not in an allocation.
+        check_sizes(config, encoder_state, weight_file)
+        model = cls(config)
         state = hf_to_minbert(encoder_state, model.state_dict(), weight_file)
         model.load_state_dict(state, strict=True)
         return model

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from minbert.atomic import atomic_path
+from minbert.config import BertConfig
 from minbert.errors import CheckpointError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -29,6 +30,7 @@ _RENAMES = (  # (Hugging Face pattern, our name), applied in order on load and r
     (r"^encoder\.layer\.(\d+)\.attention\.output\.", r"encoder.layer.\1.attention_output."),
     (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"encoder.layer.\1.intermediate."),
 )
+_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
 _SELF_ATTENTION = re.compile(r"^encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$")
 
 
@@ -69,6 +71,30 @@ def split_checkpoint(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
             continue
         (heads if key.startswith(HEAD_PREFIX) else encoder)[key] = tensor
     return encoder, heads
+
+
+def check_sizes(config: BertConfig, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse a config whose sizes disagree with the checkpoint's tensors (Hugging Face names).
+
+    Checked without building anything, so that a config.json asking for 10¹² tokens or 10⁶ layers
+    is an error naming the file rather than an allocation failure; every other shape is checked by
+    `hf_to_minbert` against the built model.
+    """
+    layers = {int(match.group(1)) for key in state if (match := _LAYER.match(key))}
+    # More layers in the file than asked for is left to hf_to_minbert, which names the stray key.
+    if config.num_hidden_layers > len(layers):
+        raise CheckpointError(f"{source}: holds {len(layers)} encoder layers, but config.json asks for "
+                              f"num_hidden_layers {config.num_hidden_layers}")
+    implied = {"embeddings.word_embeddings.weight": (config.vocab_size, config.hidden_size),
+               "embeddings.position_embeddings.weight": (config.max_position_embeddings, config.hidden_size),
+               "embeddings.token_type_embeddings.weight": (config.type_vocab_size, config.hidden_size),
+               "encoder.layer.0.intermediate.dense.bias": (config.intermediate_size,)}
+    for key, shape in implied.items():
+        if key not in state:
+            raise CheckpointError(f"{source}: missing key {key}")
+        if tuple(state[key].shape) != shape:
+            raise CheckpointError(f"{source}: key {key} has shape {tuple(state[key].shape)}, "
+                                  f"but config.json implies {shape}")
 
 
 def hf_to_minbert(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],

@@ -12,6 +12,10 @@ from pathlib import Path
 import torch
 
 from minbert import BertModel, CheckpointError, load_tokenizer
+from minbert.config import BertConfig
+from minbert.flags import (OneLineErrorParser, integer, non_negative, non_negative_int, positive, positive_int,
+                           probability, seed)
+from minbert.paths import resolve_checkpoint_dir
 from minbert.precision import PRECISIONS, resolve_precision
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
@@ -32,25 +36,28 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 TASK_DATA = {"sst": (SST, "ids-sst"), "para": (PARA, "quora"), "sts": (STS, "sts")}
 DEFAULT_LR = {"pretrain": 1e-3, "finetune": 5e-5}
 R = RegularizerSettings  # the regularisers' defaults live there
+# Room for [CLS] a [SEP] b [SEP] with a word piece or two of each sentence.
+MIN_LENGTH = 8
 
 log = logging.getLogger("multitask")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineErrorParser(prog="multitask_classifier.py", description=__doc__,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--option", choices=("pretrain", "finetune"), default="pretrain",
                    help="pretrain: train the heads on a frozen encoder; finetune: train everything")
-    p.add_argument("--epochs", type=int, default=TrainSettings.epochs)
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--epochs", type=positive_int, default=TrainSettings.epochs)
+    p.add_argument("--lr", type=positive, default=None,
                    help=f"learning rate (default {DEFAULT_LR['pretrain']} for pretrain, {DEFAULT_LR['finetune']} for finetune)")
-    p.add_argument("--head_lr", type=float, default=None,
+    p.add_argument("--head_lr", type=positive, default=None,
                    help="learning rate of the task heads (default: the same as --lr)")
-    p.add_argument("--batch_size", type=int, default=32, help="examples per step in each process")
-    p.add_argument("--global_batch_size", type=int, default=None,
+    p.add_argument("--batch_size", type=positive_int, default=32, help="examples per step in each process")
+    p.add_argument("--global_batch_size", type=positive_int, default=None,
                    help="examples per step over all torchrun processes, split evenly between them "
                         "(default: --batch_size × processes)")
-    p.add_argument("--hidden_dropout_prob", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=11711)
+    p.add_argument("--hidden_dropout_prob", type=probability, default=0.1)
+    p.add_argument("--seed", type=seed, default=11711)
     p.add_argument("--use_gpu", action="store_true", help="train on CUDA (same as --device cuda)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -65,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", type=Path, default=None,
                    help="Hugging Face style BERT directory (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--tasks", default="sst,para,sts", help="comma-separated subset of sst,para,sts")
-    p.add_argument("--train_limit", type=int, default=None, help="at most N training examples per task")
-    p.add_argument("--max_length", type=int, default=128, help="tokens per (joint) input, longer ones truncated")
+    p.add_argument("--train_limit", type=positive_int, default=None, help="at most N training examples per task")
+    p.add_argument("--max_length", type=integer(MIN_LENGTH), default=128,
+                   help="tokens per (joint) input, longer ones truncated")
     p.add_argument("--pooling", choices=POOLINGS, default="mean",
                    help="sentence vector: mean of the last layer over real tokens, or the [CLS] pooler output")
     p.add_argument("--pair_encoding", choices=PAIR_ENCODINGS, default="cross")
@@ -74,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_pair_swap", action="store_true",
                    help="keep each pair's sentences in the order read; by default a training pair is shown "
                         "in a random order and a pair's prediction averages both orders")
-    p.add_argument("--grad_accum", type=int, default=1)
-    p.add_argument("--weight_decay", type=float, default=0.01)
-    p.add_argument("--eval_batch_size", type=int, default=128)
-    p.add_argument("--max_bad_steps", type=int, default=20, help="abort after this many non-finite losses")
+    p.add_argument("--grad_accum", type=positive_int, default=1)
+    p.add_argument("--weight_decay", type=non_negative, default=0.01)
+    p.add_argument("--eval_batch_size", type=positive_int, default=128)
+    p.add_argument("--max_bad_steps", type=non_negative_int, default=20, help="abort after this many non-finite losses")
     p.add_argument("--no_ema", action="store_true",
                    help="score and keep the trained weights themselves, not their moving average (see README)")
     reg = p.add_argument_group(
@@ -87,21 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="SMART: the adversarial smoothness term and the Bregman proximal point (mean teacher)")
     reg.add_argument("--no_adversarial", action="store_true", help="with --smart: drop the adversarial term")
     reg.add_argument("--no_bregman", action="store_true", help="with --smart: drop the mean-teacher term")
-    reg.add_argument("--smart_lambda", type=float, default=R.smart_lambda, help="weight λ_s of the adversarial term")
-    reg.add_argument("--smart_eps", type=float, default=R.smart_eps,
+    reg.add_argument("--smart_lambda", type=non_negative, default=R.smart_lambda,
+                     help="weight λ_s of the adversarial term")
+    reg.add_argument("--smart_eps", type=positive, default=R.smart_eps,
                      help="ℓ∞ radius ε of δ, added after the embedding LayerNorm (entries of order 1); "
                           "the paper's setting is 1e-5")
-    reg.add_argument("--smart_sigma", type=float, default=R.smart_sigma,
+    reg.add_argument("--smart_sigma", type=non_negative, default=R.smart_sigma,
                      help="std σ of δ's starting noise (the paper's setting: 1e-5)")
-    reg.add_argument("--smart_step_size", type=float, default=R.smart_step_size,
+    reg.add_argument("--smart_step_size", type=positive, default=R.smart_step_size,
                      help="ascent step η (the paper's setting: 1e-3)")
-    reg.add_argument("--smart_steps", type=int, default=R.smart_steps, help="ascent steps T")
+    reg.add_argument("--smart_steps", type=positive_int, default=R.smart_steps, help="ascent steps T")
     reg.add_argument("--smart_dropout", choices=DROPOUT_MODES, default=R.smart_dropout,
                      help="dropout masks of the perturbed passes of --smart and --r3f: shared with the clean "
                           "pass (the function the paper's formula compares at x and x+δ), or independent "
                           "(fresh masks per pass, as the mt-dnn code)")
-    reg.add_argument("--bregman_mu", type=float, default=R.bregman_mu, help="weight μ of the mean-teacher term")
-    reg.add_argument("--bregman_beta", type=float, default=None,
+    reg.add_argument("--bregman_mu", type=non_negative, default=R.bregman_mu, help="weight μ of the mean-teacher term")
+    reg.add_argument("--bregman_beta", type=probability, default=None,
                      help="constant momentum β of the mean teacher, which is also the weight average "
                           "(default: 0.99 for the first 10%% of updates, then 0.999, capped at "
                           "1 - 4/updates in runs under 4,000 updates)")
@@ -112,12 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--r3f_tasks", default=None,
                      help="comma-separated tasks whose steps get the --r3f term (default: every task)")
     reg.add_argument("--r3f_noise", choices=("normal", "uniform"), default=R.r3f_noise)
-    reg.add_argument("--r3f_eps", type=float, default=R.r3f_eps,
+    reg.add_argument("--r3f_eps", type=positive, default=R.r3f_eps,
                      help="noise scale: std (normal) or half-width (uniform), same place as --smart_eps")
-    reg.add_argument("--r3f_lambda", type=float, default=R.r3f_lambda, help="weight of the R3F term")
+    reg.add_argument("--r3f_lambda", type=non_negative, default=R.r3f_lambda, help="weight of the R3F term")
     reg.add_argument("--rdrop", action="store_true",
                      help="R-Drop: the divergence between two forward passes with independent dropout masks")
-    reg.add_argument("--rdrop_alpha", type=float, default=R.rdrop_alpha, help="weight α of the R-Drop term")
+    reg.add_argument("--rdrop_alpha", type=non_negative, default=R.rdrop_alpha, help="weight α of the R-Drop term")
     reg.add_argument("--rdrop_tasks", default=None,
                      help="comma-separated tasks whose steps get the --rdrop term (default: every task)")
     p.add_argument("--out_dir", type=Path, default=Path("runs/multitask"),
@@ -126,26 +135,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predict_only", action="store_true", help="write predictions from --checkpoint without training")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in <out_dir>/resume exactly where it stopped (fresh if none)")
-    p.add_argument("--save_every", type=int, default=200,
+    p.add_argument("--save_every", type=non_negative_int, default=200,
                    help="save the state for --resume every N optimiser updates (0: only at epoch ends)")
     # For quick checks and ablation smoke runs, where scoring the full dev sets and writing test
     # predictions would take longer than the training itself.
-    p.add_argument("--dev_limit", type=int, default=None,
+    p.add_argument("--dev_limit", type=positive_int, default=None,
                    help="score each epoch on at most N dev examples per task (prediction files stay complete)")
     p.add_argument("--skip_predictions", action="store_true", help="train and evaluate, write no prediction files")
     return p
+
+
+class FlagError(ValueError):
+    """The command line asks for something impossible or contradictory; the message names the flag."""
 
 
 def parse_tasks(text: str, flag: str = "--tasks") -> tuple[str, ...]:
     tasks = tuple(t.strip() for t in text.split(",") if t.strip())
     unknown = [t for t in tasks if t not in HEADS]
     if not tasks or unknown:
-        raise SystemExit(f"{flag}: unknown task(s) {unknown or text!r}; choose from {','.join(HEADS)}")
+        raise FlagError(f"{flag}: unknown task(s) {unknown or text!r}; choose from {','.join(HEADS)}")
     return tasks
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        # Before anything is read, loaded or written: a typo must not cost a saved run.
+        check_args(args)
+    except FlagError as err:
+        parser.error(str(err))
     # Under torchrun the other ranks would only repeat rank 0's progress lines.
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -155,6 +174,45 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {err}")
     finally:
         stop()
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """What argparse's per-flag ranges cannot see: the flags' combinations and the paths they name."""
+    tasks = parse_tasks(args.tasks)
+    if args.predict_only:
+        checkpoint = args.checkpoint or args.out_dir / "best"
+        if not checkpoint.is_dir():
+            raise FlagError(f"--checkpoint: {checkpoint} is not a directory; --predict_only needs a checkpoint "
+                            "written by a training run (<out_dir>/best)")
+        splits = ("dev", "test")
+    else:
+        check_regularizer_flags(args, tasks)
+        splits = ("train", "dev") if args.skip_predictions else ("train", "dev", "test")
+    for task in tasks:
+        for split in splits:
+            path = getattr(args, f"{task}_{split}")
+            if not path.is_file():
+                raise FlagError(f"--{task}_{split}: {path} is not a file; expected the course's {task} {split} file")
+    if args.pretrained is not None and not args.pretrained.is_dir():
+        raise FlagError(f"--pretrained: {args.pretrained} is not a directory; expected a Hugging Face style "
+                        "BERT directory (config.json, model.safetensors, vocab.txt)")
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise FlagError(f"--out_dir: {args.out_dir} exists and is not a directory")
+    positions = max_positions(args.pretrained)
+    if not args.predict_only and positions is not None and args.max_length > positions:
+        raise FlagError(f"--max_length: expected an integer from {MIN_LENGTH} to {positions} (the model's "
+                        f"max_position_embeddings), got {args.max_length}")
+
+
+def max_positions(pretrained: Path | None) -> int | None:
+    """The longest input the encoder has position embeddings for (None: its config cannot be read yet).
+
+    An unreadable config is left to the model load, which names the file and the problem.
+    """
+    try:
+        return BertConfig.from_json_file(resolve_checkpoint_dir(pretrained) / "config.json").max_position_embeddings
+    except CheckpointError:
+        return None
 
 
 def run(args: argparse.Namespace) -> None:
@@ -172,10 +230,7 @@ def run(args: argparse.Namespace) -> None:
                               record["settings"]["max_length"], resolve_precision(args.precision, device))
         return
 
-    check_regularizer_flags(args, tasks)
     precision = resolve_precision(args.precision, device)
-    if args.save_every < 0:
-        raise SystemExit(f"--save_every must be ≥ 0 (0: save only at epoch ends), got {args.save_every}")
     tokenizer = load_tokenizer(args.pretrained)
     started = time.perf_counter()
     train_sets, dev_sets = {}, {}
@@ -272,25 +327,25 @@ def check_regularizer_flags(args: argparse.Namespace, tasks: tuple[str, ...]) ->
         if named is None:
             continue
         if not getattr(args, switch):
-            raise SystemExit(f"error: {flag} narrows --{switch} to some tasks, but --{switch} is not on; "
+            raise FlagError(f"{flag} narrows --{switch} to some tasks, but --{switch} is not on; "
                              f"add --{switch}, or drop {flag}")
         untrained = [t for t in parse_tasks(named, flag) if t not in tasks]
         if untrained:
-            raise SystemExit(f"error: {flag}: {','.join(untrained)} not among the trained --tasks "
+            raise FlagError(f"{flag}: {','.join(untrained)} not among the trained --tasks "
                              f"{','.join(tasks)}")
     for part in ("--no_adversarial", "--no_bregman"):
         if getattr(args, part[2:]) and not args.smart:
-            raise SystemExit(f"error: {part} switches off a part of --smart, which is not on; add --smart")
+            raise FlagError(f"{part} switches off a part of --smart, which is not on; add --smart")
     if args.no_adversarial and args.no_bregman:
-        raise SystemExit("error: --no_adversarial with --no_bregman leaves nothing of --smart; drop --smart")
+        raise FlagError("--no_adversarial with --no_bregman leaves nothing of --smart; drop --smart")
     if args.smart and not args.no_adversarial and args.r3f:
-        raise SystemExit("error: --smart and --r3f both add a smoothness term at a perturbed δ (adversarial "
-                         "and random); choose one, or use --smart --no_adversarial --r3f for R3F with the "
-                         "mean teacher")
+        raise FlagError("--smart and --r3f both add a smoothness term at a perturbed δ (adversarial "
+                        "and random); choose one, or use --smart --no_adversarial --r3f for R3F with the "
+                        "mean teacher")
     switched = [f"--{name}" for name in ("smart", "r3f", "rdrop") if getattr(args, name)]
     if switched and args.option != "finetune":
-        raise SystemExit(f"error: {' '.join(switched)} regularise fine-tuning, but --option {args.option} "
-                         "freezes the encoder; add --option finetune")
+        raise FlagError(f"{' '.join(switched)} regularise fine-tuning, but --option {args.option} "
+                        "freezes the encoder; add --option finetune")
 
 
 def regularizer_settings(args: argparse.Namespace) -> RegularizerSettings:

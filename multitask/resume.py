@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 STATE_DIR = "resume"
 STATE_FILE = "state.pt"
 FORMAT = 1
-# Flags that only say where files go, how often the state is saved or when to give up: changing
-# them between an interrupted run and its resumption leaves every number the run produces as it was.
+# Flags that only say where files go, whether predictions are written after training, how often
+# the state is saved or when to give up: changing them between an interrupted run and its
+# resumption leaves every number the run produces as it was.
 NEUTRAL_FLAGS = frozenset({"resume", "save_every", "out_dir", "checkpoint", "predict_only", "max_bad_steps",
-                           "use_gpu", "device"})
+                           "use_gpu", "device", "skip_predictions"})
 
 
 def file_sha256(path: Path) -> str:
@@ -43,9 +44,9 @@ def run_fingerprint(flags: dict, device: torch.device, data_files: dict[str, Pat
     Training and dev files count by content, not path, so a moved data directory still resumes;
     test files and output paths are only read or written after training and do not count.
     """
-    ignored = set(NEUTRAL_FLAGS) | set(data_files)
+    # Every task's file paths are left out (the trained tasks' files count by their hashes below).
     fingerprint = {key: str(value) if isinstance(value, Path) else value for key, value in sorted(flags.items())
-                   if key not in ignored and not key.endswith(("_out", "_test"))}
+                   if key not in NEUTRAL_FLAGS and not key.endswith(("_out", "_test", "_train", "_dev"))}
     fingerprint["device"] = device.type
     fingerprint.update({f"sha256({key})": file_sha256(path) for key, path in sorted(data_files.items())})
     # Round-trip through JSON so tuples and lists (and int/float spellings) compare the same way
@@ -143,7 +144,10 @@ class RunState:
         try:
             if state["format"] != FORMAT:
                 raise ValueError(f"format {state['format']}, this version reads {FORMAT}")
-            saved = json.loads(state["fingerprint"])
+            # States saved before a flag became neutral still carry it: it does not count. ("device"
+            # is the device type the fingerprint records, not the neutral flag of that name.)
+            saved = {key: value for key, value in json.loads(state["fingerprint"]).items()
+                     if key == "device" or key not in NEUTRAL_FLAGS}
             # Fail here, with the file's name, rather than halfway through a restore.
             missing = [key for key in ("serial", "weights", "has_teacher", "trainer", "rng") if key not in state]
             if missing:
@@ -151,8 +155,10 @@ class RunState:
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: not a resume state this version can read ({err!r}); "
                                   f"delete {self.directory} to start over") from err
-        differences = [key for key in sorted(saved.keys() | self.fingerprint.keys())
-                       if saved.get(key) != self.fingerprint.get(key)]
+        # Flags before file contents: after a changed --tasks, the flag is the news, not the files it drops.
+        differences = sorted((key for key in saved.keys() | self.fingerprint.keys()
+                              if saved.get(key) != self.fingerprint.get(key)),
+                             key=lambda key: (key.startswith("sha256("), key))
         if differences:
             shown = "; ".join(f"{describe(key)}: saved {saved.get(key)!r}, now {self.fingerprint.get(key)!r}"
                               for key in differences[:4])

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minbert import CheckpointError, load_tokenizer  # noqa: E402
 from minbert.atomic import atomic_write_text, replaced_directory  # noqa: E402
 from minbert.corpus import dedupe, split_held_out, tokenise_and_pack  # noqa: E402
+from minbert.flags import OneLineErrorParser, integer, non_negative, number, positive, positive_int, seed  # noqa: E402
 from minbert.masking import MaskingVocab  # noqa: E402
 from minbert.precision import PRECISIONS, resolve_precision  # noqa: E402
 from minbert.mlm import BertForMaskedLM  # noqa: E402
@@ -46,30 +47,30 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = OneLineErrorParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pretrained", type=Path, default=None,
                    help="Hugging Face style BERT directory to start from (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--out_dir", type=Path, default=Path("runs/mlm"), help="where the adapted model goes")
     p.add_argument("--data_dir", type=Path, default=DATA, help="directory of the course CSV files")
     p.add_argument("--corpus", type=Path, action="append", default=[],
                    help="extra text, one document per line (repeatable)")
-    p.add_argument("--held_out", type=float, default=0.05, help="fraction of documents held out for evaluation")
-    p.add_argument("--split_seed", type=int, default=0,
+    p.add_argument("--held_out", type=number(0.0, 1.0, low_open=True, high_open=True), default=0.05, help="fraction of documents held out for evaluation")
+    p.add_argument("--split_seed", type=seed, default=0,
                    help="seed of the held-out split (kept apart from --seed so runs share one held-out set)")
-    p.add_argument("--max_length", type=int, default=128, help="tokens per packed row, [CLS] included")
+    p.add_argument("--max_length", type=integer(8), default=128, help="tokens per packed row, [CLS] included")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--max_steps", type=int, default=PretrainSettings.max_steps, help="updates to run")
-    length.add_argument("--epochs", type=float, default=None, help="passes over the training rows, instead of --max_steps")
-    p.add_argument("--batch_size", type=int, default=32, help="packed rows per update")
-    p.add_argument("--eval_batch_size", type=int, default=64, help="rows per held-out forward pass")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
-    p.add_argument("--weight_decay", type=float, default=0.01, help="AdamW decoupled decay (not on biases, LayerNorm)")
-    p.add_argument("--warmup_ratio", type=float, default=0.06, help="share of the updates spent warming up")
-    p.add_argument("--mask_probability", type=float, default=0.15, help="share of tokens selected for prediction")
+    length.add_argument("--max_steps", type=positive_int, default=PretrainSettings.max_steps, help="updates to run")
+    length.add_argument("--epochs", type=positive, default=None, help="passes over the training rows, instead of --max_steps")
+    p.add_argument("--batch_size", type=positive_int, default=32, help="packed rows per update")
+    p.add_argument("--eval_batch_size", type=positive_int, default=64, help="rows per held-out forward pass")
+    p.add_argument("--lr", type=positive, default=1e-4, help="peak learning rate")
+    p.add_argument("--weight_decay", type=non_negative, default=0.01, help="AdamW decoupled decay (not on biases, LayerNorm)")
+    p.add_argument("--warmup_ratio", type=number(0.0, 1.0, high_open=True), default=0.06, help="share of the updates spent warming up")
+    p.add_argument("--mask_probability", type=number(0.0, 1.0, low_open=True), default=0.15, help="share of tokens selected for prediction")
     p.add_argument("--whole_word_mask", action="store_true", help="select whole words (a token and its ## pieces)")
-    p.add_argument("--eval_every", type=int, default=PretrainSettings.eval_every,
+    p.add_argument("--eval_every", type=positive_int, default=PretrainSettings.eval_every,
                    help="evaluate on the held-out rows every N updates")
-    p.add_argument("--seed", type=int, default=11711, help="head initialisation, batch order and training masks")
+    p.add_argument("--seed", type=seed, default=11711, help="head initialisation, batch order and training masks")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto takes CUDA when present")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere")

@@ -65,10 +65,70 @@ def test_truncated_pytorch_bin(copy_of_default):
         BertModel.from_pretrained(copy_of_default)
 
 
-def test_pickled_code_is_refused(copy_of_default):
+class CreatesFile:
+    """Unpickling this calls open(path, "w"): a file appearing proves that a loader ran pickled code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def live_payload(path, marker) -> None:
+    """torch.save a state dict carrying CreatesFile(marker), after checking an unsafe load would run it."""
+    torch.save({"weights": torch.zeros(1), "payload": CreatesFile(marker)}, path)
+    torch.load(path, weights_only=False)["payload"].close()
+    assert marker.exists(), "the payload must be live for the refusal to mean something"
+    marker.unlink()
+
+
+def test_pickled_code_is_refused_and_never_runs(copy_of_default, tmp_path):
     (copy_of_default / "model.safetensors").unlink()
-    torch.save({"weights": torch.zeros(1), "payload": shutil.rmtree}, copy_of_default / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="refused"):
+    marker = tmp_path / "payload-ran"
+    live_payload(copy_of_default / "pytorch_model.bin", marker)
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: refused to load"):
+        BertModel.from_pretrained(copy_of_default)
+    assert not marker.exists()
+
+
+def set_config(directory, **values):
+    config = json.loads((directory / "config.json").read_text())
+    config.update(values)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+# Sizes that would need petabytes, or a million layers: refused from the weight file's shapes
+# before any module is built (a build would fail in an allocation or run for hours instead).
+@pytest.mark.parametrize("values,message", [
+    ({"vocab_size": 10**12}, r"embeddings\.word_embeddings\.weight has shape \(30522, 384\), but config\.json "
+                             r"implies \(1000000000000, 384\)"),
+    ({"max_position_embeddings": 10**9}, r"position_embeddings\.weight has shape \(512, 384\)"),
+    ({"num_hidden_layers": 10**6}, r"holds 6 encoder layers, but config\.json asks for num_hidden_layers 1000000"),
+    ({"hidden_size": 384 * 10**6, "num_attention_heads": 12}, r"word_embeddings\.weight has shape \(30522, 384\)"),
+    ({"intermediate_size": 10**10}, r"intermediate\.dense\.bias has shape \(1536,\)"),
+], ids=["vocab", "positions", "layers", "hidden", "intermediate"])
+def test_absurd_sizes_are_refused_before_building(copy_of_default, values, message):
+    set_config(copy_of_default, **values)
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors: (key )?.*{message}"):
+        BertModel.from_pretrained(copy_of_default)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"hidden_size": "384"}, "hidden_size must be a positive integer, got '384'"),
+    ({"num_hidden_layers": 6.0}, "num_hidden_layers must be a positive integer, got 6.0"),
+    ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
+    ({"vocab_size": True}, "vocab_size must be a positive integer, got True"),
+    ({"type_vocab_size": None}, "type_vocab_size must be a positive integer, got None"),
+    ({"hidden_dropout_prob": "0.1"}, r"hidden_dropout_prob must be a number in \[0, 1\), got '0\.1'"),
+    ({"attention_probs_dropout_prob": 1.5}, r"attention_probs_dropout_prob must be a number in \[0, 1\), got 1\.5"),
+    ({"layer_norm_eps": -1}, "layer_norm_eps must be a number"),
+    ({"pad_token_id": 10**6}, "pad_token_id must be an integer in 0..vocab_size-1"),
+], ids=["str-size", "float-size", "zero-heads", "bool-size", "null-size", "str-rate", "rate-above-1",
+        "negative-eps", "pad-outside-vocab"])
+def test_wrongly_typed_or_out_of_range_config_values_are_named(copy_of_default, values, message):
+    set_config(copy_of_default, **values)
+    with pytest.raises(CheckpointError, match=rf"config\.json: {message}"):
         BertModel.from_pretrained(copy_of_default)
 
 

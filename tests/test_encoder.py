@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from minbert import BertConfig, BertModel, load_tokenizer
 from tests.conftest import read_column
 
-transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-5
 
 
@@ -53,6 +53,20 @@ def test_sentence_pairs_with_token_types_match_transformers(ours, reference, tok
     assert batch["token_type_ids"].sum() > 0
     hidden_diff, pooled_diff = compare(ours, reference, batch)
     assert hidden_diff <= TOLERANCE and pooled_diff <= TOLERANCE
+
+
+def test_packed_path_on_padded_pairs_matches_transformers(reference, tokenizer, data_dir):
+    # Training and prediction run the packed (unpadded) layers: the path the course scores come from.
+    packed = BertModel.from_pretrained(unpad_inputs=True).eval()
+    pairs = read_column(data_dir / "quora-dev.csv", "sentence1", "sentence2", limit=24)
+    batch = tokenizer([a for a, _ in pairs], [b for _, b in pairs])
+    real = batch["attention_mask"].bool()
+    assert batch["token_type_ids"].sum() > 0 and not real.all(), "pairs of both segments, with padding"
+    with torch.no_grad():
+        mine = packed(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        theirs = reference(**batch)
+    assert max_diff(mine["last_hidden_state"][real], theirs.last_hidden_state[real]) <= TOLERANCE
+    assert max_diff(mine["pooler_output"], theirs.pooler_output) <= TOLERANCE
 
 
 def test_eager_attention_agrees_with_sdpa(ours, tokenizer, data_dir):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 
 from minbert import BertConfig, BertModel, CheckpointError, load_tokenizer
@@ -274,7 +275,6 @@ def test_smoke_run_writes_metrics_and_a_hugging_face_directory(mlm_run):
 
 
 def test_smoke_run_output_loads_in_ours_and_in_transformers_with_the_same_logits(mlm_run):
-    transformers = pytest.importorskip("transformers")
     out_dir = mlm_run["out_dir"]
     ours = BertForMaskedLM.from_pretrained(out_dir).eval()
     assert ours.head_from_checkpoint

@@ -203,14 +203,25 @@ def test_pretrain_keeps_the_encoder_and_trains_the_heads(pretrain_run, packaged_
 
 # ------------------------------------------------------------------------------------------------- errors
 
-def test_missing_training_file_exits_naming_it(tiny_data, tmp_path):
+def refused_flags(capsys, argv: list[str]) -> str:
+    """Run the CLI on flags it must refuse; return its one-line message after checking exit code 2."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    assert excinfo.value.code == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and "Traceback" not in message, message
+    return message.removesuffix("\n")
+
+
+def test_missing_training_file_exits_naming_it(tiny_data, tmp_path, capsys):
     missing = tmp_path / "no-such-sst-train.csv"
     out_args, outputs = output_args(tmp_path / "predictions")
-    with pytest.raises(SystemExit) as excinfo:
-        main(["--option", "finetune", "--epochs", "1", "--device", "cpu", *data_args(tiny_data),
-              "--sst_train", str(missing), *out_args, "--out_dir", str(tmp_path / "run")])
-    assert str(missing) in str(excinfo.value.code)
+    message = refused_flags(capsys, ["--option", "finetune", "--epochs", "1", "--device", "cpu", *data_args(tiny_data),
+                                     "--sst_train", str(missing), *out_args, "--out_dir", str(tmp_path / "run")])
+    assert f"error: --sst_train: {missing} is not a file" in message
     assert not any(path.exists() for path in outputs.values())
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("name,content,reason", [
@@ -232,15 +243,14 @@ def test_unusable_training_file_exits_with_one_line_naming_it(tiny_data, tmp_pat
 @pytest.mark.parametrize("tasks,flags,expected", [
     ("para", ["--r3f", "--r3f_tasks", "sst"], "error: --r3f_tasks: sst not among the trained --tasks para"),
     ("sst,para", ["--smart", "--smart_tasks", "sts"], "error: --smart_tasks: sts not among the trained --tasks sst,para"),
-    ("sst,para,sts", ["--r3f", "--r3f_tasks", "sst,nli"], "--r3f_tasks: unknown task(s) ['nli']"),
-    ("sst,para,sts", ["--rdrop", "--rdrop_tasks", "none"], "--rdrop_tasks: unknown task(s) ['none']"),
+    ("sst,para,sts", ["--r3f", "--r3f_tasks", "sst,nli"], "error: --r3f_tasks: unknown task(s) ['nli']"),
+    ("sst,para,sts", ["--rdrop", "--rdrop_tasks", "none"], "error: --rdrop_tasks: unknown task(s) ['none']"),
 ])
-def test_regularising_a_task_not_trained_exits_naming_it(tiny_data, tmp_path, tasks, flags, expected):
+def test_regularising_a_task_not_trained_exits_naming_it(tiny_data, tmp_path, capsys, tasks, flags, expected):
     out_args, _ = output_args(tmp_path / "predictions")
-    with pytest.raises(SystemExit) as excinfo:
-        main(["--option", "finetune", "--device", "cpu", *data_args(tiny_data), *out_args, "--tasks", tasks,
-              *flags, "--out_dir", str(tmp_path / "run")])
-    assert str(excinfo.value.code).startswith(expected)
+    message = refused_flags(capsys, ["--option", "finetune", "--device", "cpu", *data_args(tiny_data), *out_args,
+                                     "--tasks", tasks, *flags, "--out_dir", str(tmp_path / "run")])
+    assert message.startswith(f"multitask_classifier.py: {expected}"), message
 
 
 # Each rule of the regulariser flags: a *_tasks flag only narrows a switched-on term, and
@@ -255,13 +265,11 @@ def test_regularising_a_task_not_trained_exits_naming_it(tiny_data, tmp_path, ta
     (["--option", "pretrain", "--smart"], ("--smart", "--option pretrain")),
     (["--option", "pretrain", "--rdrop"], ("--rdrop", "--option pretrain")),
 ])
-def test_contradictory_regulariser_flags_exit_naming_both(tiny_data, tmp_path, flags, named):
+def test_contradictory_regulariser_flags_exit_naming_both(tiny_data, tmp_path, capsys, flags, named):
     out_args, _ = output_args(tmp_path / "predictions")
-    with pytest.raises(SystemExit) as excinfo:
-        main(["--option", "finetune", "--device", "cpu", *data_args(tiny_data), *out_args, *flags,
-              "--out_dir", str(tmp_path / "run")])
-    message = str(excinfo.value.code)
-    assert message.startswith("error: ") and all(flag in message for flag in named), message
+    message = refused_flags(capsys, ["--option", "finetune", "--device", "cpu", *data_args(tiny_data), *out_args,
+                                     *flags, "--out_dir", str(tmp_path / "run")])
+    assert all(flag in message for flag in named), message
     assert not (tmp_path / "run").exists()
 
 

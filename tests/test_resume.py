@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,14 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from minbert import BertModel, CheckpointError
+from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.cli import main
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings, Regularizers
 from multitask.resume import STATE_FILE, RunState
 from multitask.train import Trainer, TrainSettings
+from tests.test_checkpoint_errors import live_payload
 from tests.test_pipeline import DATA, ROWS, SEED, SPLIT_FILES, STEMS, data_args, output_args, write_tiny_file
 from tests.test_smart_training import TINY, tiny_tasks
 
@@ -175,10 +177,35 @@ def test_truncated_state_file_is_refused_naming_it(saved_state):
         saved_state.load()
 
 
-def test_state_file_with_pickled_code_is_refused_naming_it(saved_state):
-    torch.save({"format": 1, "payload": shutil.rmtree}, saved_state.state_file)
+def test_state_file_with_pickled_code_is_refused_naming_it_and_never_runs(saved_state, tmp_path):
+    marker = tmp_path / "payload-ran"
+    live_payload(saved_state.state_file, marker)
     with pytest.raises(CheckpointError, match=rf"{saved_state.state_file}: refused to load.*pickled"):
         saved_state.load()
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("failing_write", ["weights", "state"])
+def test_a_save_that_fails_half_way_leaves_the_previous_state_loadable(saved_state, tmp_path, failing_write):
+    before = saved_state.load()
+    trainer, _, _ = tiny_trainer(tmp_path / "other", smart=False)
+    trainer.updates = 99  # something the failed save would have recorded
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        # The tensors' file or the state file: the two writes of a save.
+        patch.setattr("minbert.weights.save_file" if failing_write == "weights" else "multitask.resume.torch.save",
+                      disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            saved_state.save(trainer)
+    after = RunState(saved_state.directory, FINGERPRINT).load()
+    assert after["weights"] == before["weights"] and after["trainer"]["updates"] == before["trainer"]["updates"]
+    resumed, _, _ = tiny_trainer(tmp_path / "resumed", smart=False)
+    saved_state.restore(after, resumed)
+    assert resumed.updates == before["trainer"]["updates"]
+    assert not [p.name for p in saved_state.directory.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_truncated_weights_file_is_refused_naming_it(saved_state, tmp_path):
@@ -188,6 +215,31 @@ def test_truncated_weights_file_is_refused_naming_it(saved_state, tmp_path):
     trainer, _, _ = tiny_trainer(tmp_path / "other", smart=False)
     with pytest.raises(CheckpointError, match=rf"{weights}: cannot read the weights.*truncated"):
         saved_state.restore(state, trainer)
+
+
+def test_a_checkpoint_save_that_fails_half_way_leaves_the_previous_best_loadable(tmp_path):
+    torch.manual_seed(0)
+    first = MultitaskBert(BertModel(TINY))
+    save_checkpoint(first, tmp_path / "best", {"lr": 1e-3}, {"dev_mean": 0.5}, tokenizer_from=None)
+    second = MultitaskBert(BertModel(TINY))
+    with pytest.MonkeyPatch.context() as patch:
+        calls = []
+
+        def full_on_second_file(tensors, path, metadata=None):
+            # The encoder's weights are written, then the disk fills while writing the heads.
+            calls.append(path)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            save_file(tensors, path, metadata=metadata)
+
+        patch.setattr("minbert.weights.save_file", full_on_second_file)
+        with pytest.raises(OSError, match="No space left"):
+            save_checkpoint(second, tmp_path / "best", {"lr": 2e-3}, {"dev_mean": 0.6}, tokenizer_from=None)
+    assert len(calls) == 2
+    loaded, record = load_checkpoint(tmp_path / "best")
+    assert record["dev_scores"] == {"dev_mean": 0.5}
+    assert_same_tensors(loaded.state_dict(), first.state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
 
 
 def test_different_settings_are_refused_naming_the_flag(saved_state):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from minbert import load_tokenizer
 from tests.conftest import read_column
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
