@@ -1,4 +1,4 @@
-"""Summaries of an ablation grid: mean ± std over seeds, written as JSON, a Markdown table and a bar chart."""
+"""Summaries of an ablation grid: mean ± std over seeds and paired differences from the baseline, as JSON, Markdown and a chart."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import scipy.stats
+
 from minbert.atomic import atomic_path, atomic_write_text
 from multitask.ablation import GRID, GridSettings, RunResult
 
 # (result field, column title); STS is Pearson r, the mean maps it to (r + 1) / 2 as training does.
 METRICS = (("dev_sst", "SST acc"), ("dev_para", "Quora acc"), ("dev_sts", "STS r"), ("dev_mean", "mean"))
+BASELINE = "baseline"
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -38,17 +42,70 @@ def mean_std(values: Sequence[float | None]) -> Stat:
     return Stat(statistics.fmean(present), std, len(present))
 
 
+@dataclass(frozen=True)
+class Difference:
+    """Mean over seeds of (configuration − baseline), each seed paired with itself, and its t-interval.
+
+    Pairing removes what a seed does to every configuration alike (its data order, its head
+    initialisation), which is most of the seed-to-seed spread; the interval is None below 2 pairs.
+    """
+
+    mean: float | None
+    low: float | None
+    high: float | None
+    n: int
+
+    def as_json(self) -> dict:
+        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n, "confidence": CONFIDENCE}
+
+
+def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> Difference:
+    """`values` − `baseline` over the seeds both have, with a two-sided Student-t interval."""
+    differences = [values[seed] - baseline[seed] for seed in sorted(values.keys() & baseline.keys())]
+    if not differences:
+        return Difference(None, None, None, 0)
+    mean = statistics.fmean(differences)
+    if len(differences) < 2:
+        return Difference(mean, None, None, 1)
+    spread = statistics.stdev(differences)
+    if spread == 0:  # every seed moved by the same amount (scipy wants a positive scale)
+        return Difference(mean, mean, mean, len(differences))
+    low, high = scipy.stats.t.interval(CONFIDENCE, len(differences) - 1, loc=mean,
+                                       scale=spread / math.sqrt(len(differences)))
+    return Difference(mean, float(low), float(high), len(differences))
+
+
+def per_seed(runs: Sequence[RunResult], key: str) -> dict[int, float]:
+    return {r.seed: float(getattr(r, key)) for r in runs if getattr(r, key) is not None}
+
+
 def aggregate(results: Sequence[RunResult], configs: Sequence[str]) -> list[dict]:
-    """Per configuration, in grid order: finished and failed run counts and a Stat per metric."""
+    """Per configuration, in grid order: run counts, a Stat per metric and, beside the baseline, the paired
+    Difference per metric and the mean per-seed ratio of training time."""
+    finished = {name: [r for r in results if r.config == name and r.status == "done"] for name in configs}
     summary = []
     for name in configs:
-        mine = [r for r in results if r.config == name]
-        done = [r for r in mine if r.status == "done"]
-        row = {"config": name, "runs": len(done), "failed": len(mine) - len(done)}
+        done = finished[name]
+        row = {"config": name, "runs": len(done), "failed": sum(r.config == name for r in results) - len(done)}
         for key, _ in (*METRICS, ("train_seconds", "")):
             row[key] = mean_std([getattr(r, key) for r in done])
+        if BASELINE in finished and name != BASELINE:
+            base = finished[BASELINE]
+            row["vs_baseline"] = {key: paired_difference(per_seed(done, key), per_seed(base, key))
+                                  for key, _ in METRICS}
+            mine, theirs = per_seed(done, "train_seconds"), per_seed(base, "train_seconds")
+            ratios = [mine[seed] / theirs[seed] for seed in mine.keys() & theirs.keys() if theirs[seed] > 0]
+            row["time_ratio"] = statistics.fmean(ratios) if ratios else None
         summary.append(row)
     return summary
+
+
+def format_difference(difference: Difference) -> str:
+    """In points (×100): `+1.2 [−0.4, +2.8]`, or `+1.2` with one pair, `—` with none."""
+    if difference.mean is None:
+        return "—"
+    text = f"{100 * difference.mean:+.1f}"
+    return text if difference.low is None else f"{text} [{100 * difference.low:+.1f}, {100 * difference.high:+.1f}]"
 
 
 def format_stat(stat: Stat, digits: int = 3) -> str:
@@ -96,6 +153,19 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
         cells = [format_stat(row[key]) for key, _ in METRICS]
         lines.append(f"| {row['config']} | `{GRID[row['config']].describe()}` | {runs} | " + " | ".join(cells)
                      + f" | {format_seconds(row['train_seconds'])} |")
+    compared = [row for row in summary if "vs_baseline" in row]
+    if compared:
+        lines += ["", f"Paired differences from `{BASELINE}`: for each seed, the configuration's score minus "
+                  f"`{BASELINE}`'s with the same seed, averaged over seeds, in points (×100), with a "
+                  f"{CONFIDENCE:.0%} Student-t interval over the seeds. An interval that contains 0 is no "
+                  "evidence either way. Time: mean per-seed ratio of training time to the baseline's.", "",
+                  "| config | pairs | " + " | ".join(f"Δ {title}" for _, title in METRICS) + " | time × |",
+                  "|---|---|" + "---|" * len(METRICS) + "---|"]
+        for row in compared:
+            ratio = "—" if row["time_ratio"] is None else f"{row['time_ratio']:.2f}"
+            lines.append(f"| {row['config']} | {row['vs_baseline']['dev_mean'].n} | "
+                         + " | ".join(format_difference(row["vs_baseline"][key]) for key, _ in METRICS)
+                         + f" | {ratio} |")
     failed = [r for r in results if r.status == "failed"]
     if failed:
         lines += ["", "Failed runs (the same command retries them; finished runs are not run again):", ""]
@@ -107,31 +177,36 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
 
 
 def plot(path: Path, settings: GridSettings, summary: list[dict]) -> None:
-    """One panel per metric, a bar per configuration with its std as error bar."""
+    """One panel per metric: each configuration's paired difference from the baseline with its interval.
+
+    Differences, not raw scores: bars of raw scores on an axis cut to show a point or two of
+    difference make noise look like an effect; an interval crossing the zero line shows it is not one.
+    """
     import matplotlib
     matplotlib.use("Agg")  # files only: no display on the training machines
     import matplotlib.pyplot as plt
 
-    names = [row["config"] for row in summary]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.8))
-    colours = plt.get_cmap("tab10").colors
+    rows = [row for row in summary if "vs_baseline" in row]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 0.9 + 0.35 * max(len(rows), 1)),
+                             sharey=True)
     for ax, (key, title) in zip(axes, METRICS):
-        stats = [row[key] for row in summary]
-        heights = [math.nan if s.mean is None else s.mean for s in stats]
-        errors = [0.0 if s.std is None else s.std for s in stats]
-        ax.bar(range(len(names)), heights, yerr=errors, capsize=3, color=colours[: len(names)])
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        ax.set_title(title)
-        finite = [(h - e, h + e) for h, e in zip(heights, errors) if not math.isnan(h)]
-        if finite:
-            # Configurations differ by a point or two: a zero-based axis would hide exactly that.
-            low, high = min(lo for lo, _ in finite), max(hi for _, hi in finite)
-            margin = max(0.01, 0.25 * (high - low))
-            ax.set_ylim(low - margin, high + margin)
+        for y, row in enumerate(rows):
+            d = row["vs_baseline"][key]
+            if d.mean is None:
+                continue
+            if d.low is None:
+                ax.plot(100 * d.mean, y, "o", color="grey")
+            else:
+                ax.errorbar(100 * d.mean, y, xerr=[[100 * (d.mean - d.low)], [100 * (d.high - d.mean)]],
+                            fmt="o", color="black" if d.low > 0 or d.high < 0 else "grey", capsize=3)
+        ax.axvline(0, color="red", linewidth=0.8)
+        ax.set_yticks(range(len(rows)), [row["config"] for row in rows], fontsize=8)
+        ax.set_title(f"Δ {title} (points)", fontsize=9)
+    axes[0].invert_yaxis()
     b = settings.budget()
     limit = "full data" if b["train_limit"] is None else f"train limit {b['train_limit']}"
-    fig.suptitle(f"dev scores, mean ± std over {len(b['seeds'])} seed(s); {b['epochs']} epoch(s), {limit} "
-                 "(axes do not start at 0)", fontsize=9)
+    fig.suptitle(f"dev score minus {BASELINE} (same seed), mean and {CONFIDENCE:.0%} t-interval over "
+                 f"{len(b['seeds'])} seed(s); {b['epochs']} epoch(s), {limit}", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -147,9 +222,13 @@ def report_paths(out_dir: Path) -> dict[str, Path]:
 def write_reports(settings: GridSettings, results: Sequence[RunResult]) -> dict[str, Path]:
     summary = aggregate(results, settings.configs)
     paths = report_paths(settings.out_dir)
+    def plain(value):
+        if isinstance(value, (Stat, Difference)):
+            return value.as_json()
+        return {key: plain(v) for key, v in value.items()} if isinstance(value, dict) else value
+
     document = {"budget": settings.budget(), "runs": [r.as_json() for r in results],
-                "summary": [{key: value.as_json() if isinstance(value, Stat) else value for key, value in row.items()}
-                            for row in summary]}
+                "summary": [plain(row) for row in summary]}
     atomic_write_text(paths["json"], json.dumps(document, indent=2) + "\n")
     atomic_write_text(paths["md"], markdown(settings, results, summary))
     plot(paths["png"], settings, summary)

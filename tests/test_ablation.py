@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from minbert import BertModel
 from multitask.ablation import (GRID, GridError, GridSettings, RunResult, build_command, check_extra_args,
                                 finished_marker, parse_configs, parse_seeds, run_signature)
-from multitask.ablation_report import aggregate, format_stat, markdown, mean_std, report_paths
+from multitask.ablation_report import aggregate, format_difference, format_stat, markdown, mean_std, report_paths
 from multitask.cli import build_parser
 from multitask.predictions import read_predictions
 
@@ -208,6 +210,22 @@ def test_mlm_rows_start_from_the_encoder_the_pretraining_script_writes_once(tiny
     assert "already finished" in again.stdout
 
 
+def test_mlm_rows_run_with_the_real_pretraining_script(tiny_data, tmp_path):
+    # The runner's contract with scripts/pretrain_mlm.py (its flags, its output directory) as a pair:
+    # two MLM updates on the course corpus, then one fine-tuning run from the encoder they wrote.
+    out = tmp_path / "ablations"
+    result = ablate("--configs", "mlm", "--seeds", "7,", "--epochs", "1", "--dev_limit", "4", "--skip_predictions",
+                    "--mlm_steps", "2", "--out_dir", str(out), "--", *training_flags(tiny_data))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    marker = read_json(out / "mlm_encoder.done.json")
+    assert marker["command"][1] == str(REPO / "scripts" / "pretrain_mlm.py")
+    assert read_json(out / "mlm_encoder" / "pretrain_run.json")["total_steps"] == 2
+    adapted, packaged = BertModel.from_pretrained(out / "mlm_encoder"), BertModel.from_pretrained()
+    assert any(not torch.equal(a, b) for a, b in zip(adapted.state_dict().values(), packaged.state_dict().values()))
+    done = read_json(out / "mlm" / "seed7" / "done.json")
+    assert done["command"][-2:] == ["--pretrained", str(out / "mlm_encoder")]
+
+
 # ----------------------------------------------------------------------------------------- no subprocess
 
 def settings(tmp_path: Path, **changes) -> GridSettings:
@@ -326,3 +344,32 @@ def test_aggregation_gives_mean_and_sample_std_over_finished_runs(tmp_path):
     assert "- epochs: 2; training data: at most 500 examples per task" in table
     assert "- seeds: 1, 2, 3, 4" in table
     assert "- baseline, seed 4: boom" in table
+
+
+def test_paired_differences_and_t_intervals_on_hand_made_numbers(tmp_path):
+    # SST per seed: baseline 0.50, 0.60, 0.70; smart 0.52, 0.61, 0.75 → differences 0.02, 0.01, 0.05.
+    # Mean 0.08/3 = 0.026667; sample sd sqrt(((-1/150)² + (-1/60)² + (7/300)²) / 2) = 0.020817;
+    # standard error 0.020817 / √3 = 0.012019; t(0.975, 2 df) = 4.302653 → half-width 0.051713.
+    results = [run("baseline", 1, 0.50, seconds=100), run("baseline", 2, 0.60, seconds=200),
+               run("baseline", 3, 0.70, seconds=300), run("baseline", 9, 0.99),  # no partner: left out
+               run("smart", 1, 0.52, seconds=250), run("smart", 2, 0.61, seconds=500),
+               run("smart", 3, 0.75, seconds=900), run("r3f", 1, 0.40)]
+    summary = {row["config"]: row for row in aggregate(results, ["baseline", "smart", "r3f"])}
+    assert "vs_baseline" not in summary["baseline"]
+    sst = summary["smart"]["vs_baseline"]["dev_sst"]
+    assert sst.n == 3 and sst.mean == pytest.approx(0.026667, abs=1e-6)
+    assert sst.low == pytest.approx(0.026667 - 0.051713, abs=1e-5)
+    assert sst.high == pytest.approx(0.026667 + 0.051713, abs=1e-5)
+    # Identical scores: a zero difference with a zero-width interval.
+    para = summary["smart"]["vs_baseline"]["dev_para"]
+    assert (para.mean, para.low, para.high) == (0.0, 0.0, 0.0)
+    # Time: mean of the per-seed ratios 2.5, 2.5, 3.0.
+    assert summary["smart"]["time_ratio"] == pytest.approx(8 / 3)
+    # One pair: a difference without an interval.
+    r3f = summary["r3f"]["vs_baseline"]["dev_sst"]
+    assert (r3f.n, r3f.low, r3f.high) == (1, None, None) and r3f.mean == pytest.approx(-0.10)
+    assert format_difference(sst) == "+2.7 [-2.5, +7.8]"
+    assert format_difference(r3f) == "-10.0"
+    table = markdown(settings(tmp_path, configs=["baseline", "smart", "r3f"], seeds=[1, 2, 3]), results,
+                     list(summary.values()))
+    assert "| smart | 3 | +2.7 [-2.5, +7.8] | +0.0 [+0.0, +0.0] |" in table and "| 2.67 |" in table

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import scipy.stats
 import torch
 from safetensors.torch import load_file
 
@@ -14,6 +15,7 @@ from minbert import BertModel
 from minbert.precision import resolve_precision
 from multitask.cli import build_parser, check_regularizer_flags, main, regularizer_settings
 from multitask.predictions import read_predictions
+from tests.conftest import read_column
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 STEMS = {"sst": "ids-sst", "para": "quora", "sts": "sts"}
@@ -139,6 +141,24 @@ def test_finetune_metrics_have_one_line_per_epoch(finetune_run):
     assert -1.0 <= record["dev_sts"] <= 1.0
     expected_mean = (record["dev_sst"] + record["dev_para"] + (record["dev_sts"] + 1) / 2) / 3
     assert record["dev_mean"] == pytest.approx(expected_mean)
+
+
+@pytest.mark.parametrize("task,label_column", [("sst", "sentiment"), ("para", "is_duplicate"), ("sts", "similarity")])
+def test_dev_prediction_files_reproduce_the_kept_epochs_scores(finetune_run, tiny_data, task, label_column):
+    # Scored here from the written file and the dev labels, with the csv module and scipy: nothing
+    # of the package's own evaluation is reused.
+    kept = max(finetune_run["metrics"], key=lambda record: record["dev_mean"])
+    labels = dict(read_column(tiny_data["files"][task, "dev"], "id", label_column))
+    predicted = read_predictions(finetune_run["outputs"][task, "dev"], task).as_dict()
+    assert predicted.keys() == {key.strip() for key in labels}
+    truth = {key.strip(): float(value) for key, value in labels.items()}
+    ids = sorted(truth)
+    if task == "sts":
+        recomputed = scipy.stats.pearsonr([predicted[i] for i in ids], [truth[i] for i in ids]).statistic
+        assert kept["dev_sts"] == pytest.approx(recomputed, abs=1e-6)
+    else:
+        recomputed = sum(predicted[i] == int(truth[i]) for i in ids) / len(ids)
+        assert kept[f"dev_{task}"] == pytest.approx(recomputed, abs=1e-12)
 
 
 def test_finetune_saves_the_best_checkpoint(finetune_run, packaged_encoder):

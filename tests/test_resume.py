@@ -251,8 +251,28 @@ def test_different_settings_are_refused_naming_the_flag(saved_state):
 # ------------------------------------------------------------------ the real thing: SIGKILL, then --resume
 
 # Two epochs of 6 steps; with --save_every 2 the saves are numbered 1 (update 2), 2 (update 4),
-# 3 (end of epoch 1), 4 (update 8), 5 (update 10), 6 (end of epoch 2).
-KILL_WHEN_WRITTEN = "weights-000005.safetensors"
+# 3 (end of epoch 1), 4 (update 8), 5 (update 10, epoch 2 step 4), 6 (end of epoch 2).
+KILL_AFTER_SAVE = 5
+# The classifier with RunState.save wrapped: after save N it writes a marker file and blocks, so the
+# test kills a run that is certainly mid-epoch 2 with save N complete, not whatever a poll catches.
+BLOCK_AFTER_SAVE = """
+import sys, time
+from multitask import resume
+from multitask.cli import main
+
+saves, marker = int(sys.argv[1]), sys.argv[2]
+save = resume.RunState.save
+
+def save_then_block(self, *args, **kwargs):
+    save(self, *args, **kwargs)
+    if self.serial == saves:
+        open(marker, "w").close()
+        while True:
+            time.sleep(60)
+
+resume.RunState.save = save_then_block
+main(sys.argv[3:])
+"""
 
 
 @pytest.fixture(scope="module")
@@ -266,9 +286,12 @@ def tiny_files(tmp_path_factory) -> dict:
     return {"files": files}
 
 
-def start_run(tiny_files: dict, out_dir: Path, *extra: str) -> subprocess.Popen:
+def start_run(tiny_files: dict, out_dir: Path, *extra: str, block_after: tuple[int, Path] | None = None
+              ) -> subprocess.Popen:
     out_args, _ = output_args(out_dir / "predictions")
-    command = [sys.executable, str(REPO / "multitask_classifier.py"), "--option", "finetune", "--epochs", "2",
+    program = [str(REPO / "multitask_classifier.py")] if block_after is None else \
+        ["-c", BLOCK_AFTER_SAVE, str(block_after[0]), str(block_after[1])]
+    command = [sys.executable, *program, "--option", "finetune", "--epochs", "2",
                "--batch_size", "8", "--seed", SEED, "--device", "cpu", *data_args(tiny_files), *out_args,
                "--out_dir", str(out_dir), *extra]
     # One thread in every run: a different thread count may change float summation order.
@@ -296,29 +319,29 @@ def test_sigkilled_run_resumes_to_byte_identical_predictions_and_scores(tiny_fil
     finish(start_run(tiny_files, reference_dir, "--save_every", "0", "--precision", precision))
 
     # Started with --resume too: with nothing saved yet it must say so and start fresh.
-    process = start_run(tiny_files, run_dir, "--save_every", "2", "--resume", "--precision", precision)
-    trigger = run_dir / "resume" / KILL_WHEN_WRITTEN
+    marker = tmp_path / "blocked"
+    process = start_run(tiny_files, run_dir, "--save_every", "2", "--resume", "--precision", precision,
+                        block_after=(KILL_AFTER_SAVE, marker))
     deadline = time.monotonic() + 600
-    while not trigger.exists():
+    while not marker.exists():
         if process.poll() is not None:
-            pytest.fail(f"the run ended (code {process.returncode}) before it could be killed:\n"
+            pytest.fail(f"the run ended (code {process.returncode}) before its save {KILL_AFTER_SAVE}:\n"
                         f"{output_of(process)[-3000:]}")
-        assert time.monotonic() < deadline, "no resume state appeared"
-        time.sleep(0.02)
-    # Mid-epoch 2, possibly while state.pt is being written: whichever state is complete must do.
+        assert time.monotonic() < deadline, f"save {KILL_AFTER_SAVE} never came"
+        time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
     first_log = output_of(process)
     assert "no saved state" in first_log and "starting a fresh run" in first_log
     _, outputs = output_args(run_dir / "predictions")
-    assert not any(path.exists() for path in outputs.values()), "the run finished before the kill"
+    assert not any(path.exists() for path in outputs.values())
     assert len(metrics_lines(run_dir)) == 1
 
     # A different --save_every does not change results, so it may differ on resumption.
     resumed_log = finish(start_run(tiny_files, run_dir, "--save_every", "3", "--resume",
                                    "--precision", precision))[len(first_log):]
-    assert "resuming the run" in resumed_log and "epoch 2, step" in resumed_log
+    assert f"resuming the run in {run_dir} at epoch 2, step 4" in resumed_log
 
     _, reference_outputs = output_args(reference_dir / "predictions")
     for key, path in outputs.items():
