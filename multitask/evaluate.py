@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+import scipy.stats
 import torch
 from tqdm.auto import tqdm
 
@@ -73,9 +72,10 @@ def score(task: str, predictions: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = x - x.mean(), y - y.mean()
-    denominator = math.sqrt(float((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum() / denominator) if denominator > 0 else 0.0
+    """Pearson's r; 0 when either side is constant (an untrained head), where r is undefined."""
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return float(scipy.stats.pearsonr(x, y).statistic)
 
 
 def overall(scores: dict[str, float]) -> float:
