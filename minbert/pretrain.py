@@ -38,8 +38,7 @@ class ProgressBar(Protocol):
 class PretrainSettings:
     """Optimisation and evaluation settings of one MLM run."""
 
-    # 300 updates of 32 x 128 tokens: about one pass over the course corpus (8,733 rows) and ~14
-    # minutes on 2 CPU cores with the packaged 6-layer, 384-wide model (~2.7 s per update, README).
+    # 300 updates of 32 x 128 tokens: about one pass over the course corpus (its time is in the README).
     max_steps: int = 300
     epochs: float | None = None  # when set, the run length in passes over the training rows instead
     batch_size: int = 32

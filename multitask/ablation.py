@@ -73,7 +73,7 @@ class GridSettings:
     skip_predictions: bool = False
     extra_args: list[str] = field(default_factory=list)
     mlm_dir: Path | None = None
-    mlm_steps: int = 300  # the default of scripts/pretrain_mlm.py, measured at about 14 min on 2 cores
+    mlm_steps: int = 300  # the default of scripts/pretrain_mlm.py
     mlm_script: Path = MLM_SCRIPT
     keep_checkpoints: bool = False
     precision: str = "auto"  # passed to every run and to the MLM stage
