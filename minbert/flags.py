@@ -20,6 +20,16 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except None and False: a switch that is off, or a default the help
+    text already explains ("default: every task"), would read as noise."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def integer(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type for an integer in [low, high] (no upper bound when high is None)."""
     accepted = f"an integer ≥ {low}" if high is None else f"an integer from {low} to {high}"

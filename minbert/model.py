@@ -16,8 +16,8 @@ from minbert.embeddings import BertEmbeddings
 from minbert.layers import BertLayer, BertPooler
 from minbert.packing import Packing
 from minbert.paths import resolve_checkpoint_dir
-from minbert.weights import (check_sizes, find_weight_file, hf_to_minbert, minbert_to_hf, read_tensors, save_tensors,
-                             split_checkpoint)
+from minbert.weights import (check_sizes, find_weight_file, hf_to_minbert, minbert_to_hf, read_tensors,
+                             save_tensors, split_checkpoint)
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 

@@ -8,6 +8,9 @@ from pathlib import Path
 import torch
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+# The --precision help of every script that trains.
+PRECISION_HELP = ("auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere; "
+                  "weights and optimiser state stay fp32 either way")
 # CPU flags of native bf16 dot products (AVX512-BF16, AMX). Without them torch emulates bf16
 # matmuls and they run slower than fp32.
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})

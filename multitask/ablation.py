@@ -251,14 +251,31 @@ def run_logged(command: list[str], log_path: Path) -> int:
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
 
 
+def finished_result(settings: GridSettings, config: Configuration, seed: int,
+                    mlm_signature: dict | None) -> RunResult | None:
+    """The result of this run if an earlier invocation finished it with the same signature, else None."""
+    directory = run_dir(settings, config.name, seed)
+    done = finished_marker(directory, run_signature(settings, config, seed, mlm_signature), settings.epochs)
+    if done is None:
+        return None
+    return result_from_metrics(config.name, seed, directory, read_metrics(directory / "metrics.jsonl"),
+                               done.get("wall_seconds"), reused=True)
+
+
+def finished_results(settings: GridSettings) -> list[RunResult]:
+    """Every run of the grid that has finished, in run order; nothing is run (for `--report_only`)."""
+    signature = mlm_encoder_signature(settings) if settings.uses_mlm else None
+    results = (finished_result(settings, GRID[name], seed, signature)
+               for seed in settings.seeds for name in settings.configs)
+    return [result for result in results if result is not None]
+
+
 def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: Path | None,
             mlm_signature: dict | None, say: Callable[[str], None], tag: str) -> RunResult:
     directory = run_dir(settings, config.name, seed)
     signature = run_signature(settings, config, seed, mlm_signature)
-    done = finished_marker(directory, signature, settings.epochs)
-    if done is not None:
-        result = result_from_metrics(config.name, seed, directory, read_metrics(directory / "metrics.jsonl"),
-                                     done.get("wall_seconds"), reused=True)
+    result = finished_result(settings, config, seed, mlm_signature)
+    if result is not None:
         say(f"{tag}: already finished (dev mean {result.dev_mean:.3f}), not run again")
         return result
 
@@ -303,19 +320,26 @@ def checkpoint_problem(directory: Path) -> str | None:
     return f"missing {', '.join(missing)}" if missing else None
 
 
+def mlm_encoder_signature(settings: GridSettings) -> dict:
+    """What identifies the encoder of the mlm rows: the directory given, or how the runner pretrains it."""
+    if settings.mlm_dir is not None:
+        return {"mlm_dir": str(settings.mlm_dir.resolve())}
+    # One encoder for every seed: the ablation asks what MLM pretraining adds, not how it varies.
+    return {"max_steps": settings.mlm_steps, "seed": settings.seeds[0], "precision": settings.precision}
+
+
 def prepare_mlm_encoder(settings: GridSettings,
                         say: Callable[[str], None]) -> tuple[Path | None, dict | None, str | None]:
     """(encoder directory, its signature, error): --mlm_dir as given, else one pretrained once per grid."""
+    signature = mlm_encoder_signature(settings)
     if settings.mlm_dir is not None:
         problem = checkpoint_problem(settings.mlm_dir)
         if problem:
             return None, None, f"--mlm_dir {settings.mlm_dir}: {problem}"
-        return settings.mlm_dir, {"mlm_dir": str(settings.mlm_dir.resolve())}, None
+        return settings.mlm_dir, signature, None
 
     target = settings.out_dir / "mlm_encoder"
     marker = settings.out_dir / "mlm_encoder.done.json"
-    # One encoder for every seed: the ablation asks what MLM pretraining adds, not how it varies.
-    signature = {"max_steps": settings.mlm_steps, "seed": settings.seeds[0], "precision": settings.precision}
     try:
         reusable = json.loads(marker.read_text(encoding="utf-8")).get("signature") == signature
     except (FileNotFoundError, json.JSONDecodeError):

@@ -1,4 +1,4 @@
-"""Summaries of an ablation grid: mean ± std over seeds and paired differences from the baseline, as JSON, Markdown and a chart."""
+"""Summaries of an ablation grid: mean ± std over seeds, paired differences from the baseline; JSON, Markdown, chart."""
 
 from __future__ import annotations
 

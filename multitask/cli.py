@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import sys
 import time
@@ -13,10 +14,11 @@ import torch
 
 from minbert import BertModel, CheckpointError, load_tokenizer
 from minbert.config import BertConfig
-from minbert.flags import (OneLineErrorParser, integer, non_negative, non_negative_int, positive, positive_int,
-                           probability, seed)
+from minbert.flags import (DefaultsHelpFormatter, OneLineErrorParser, integer, non_negative, non_negative_int,
+                           positive, positive_int, probability, seed)
+from minbert.memory import release_free_memory
 from minbert.paths import resolve_checkpoint_dir
-from minbert.precision import PRECISIONS, resolve_precision
+from minbert.precision import PRECISION_HELP, PRECISIONS, resolve_precision
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.data import PARA, SST, STS, DataError
@@ -43,8 +45,7 @@ log = logging.getLogger("multitask")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(prog="multitask_classifier.py", description=__doc__,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineErrorParser(prog="multitask_classifier.py", description=__doc__, formatter_class=DefaultsHelpFormatter)
     p.add_argument("--option", choices=("pretrain", "finetune"), default="pretrain",
                    help="pretrain: train the heads on a frozen encoder; finetune: train everything")
     p.add_argument("--epochs", type=positive_int, default=TrainSettings.epochs)
@@ -60,9 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed, default=11711)
     p.add_argument("--use_gpu", action="store_true", help="train on CUDA (same as --device cuda)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 "
-                        "elsewhere; weights and optimiser state stay fp32 either way")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     for task, (_, stem) in TASK_DATA.items():
         for split, suffix in (("train", "train"), ("dev", "dev"), ("test", "test-student")):
             p.add_argument(f"--{task}_{split}", type=Path, default=DATA / f"{stem}-{suffix}.csv")
@@ -301,6 +300,12 @@ def run(args: argparse.Namespace) -> None:
     print(f"best {format_epoch(best)}; trained in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     if args.skip_predictions:
         return
+    # The predictions come from the saved best checkpoint. Free the training state first (weights,
+    # their average, AdamW's moments, cached bf16 copies): held beside the reloaded model, it set
+    # the run's peak memory (results/README.md, "Peak memory of training").
+    del trainer, model, encoder, teacher, regularizers, saved
+    gc.collect()
+    release_free_memory()
     model, _ = load_checkpoint(checkpoint, unpad_inputs=True)
     write_all_predictions(model, tokenizer, tasks, args, device, args.max_length, precision)
 

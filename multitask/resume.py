@@ -28,6 +28,9 @@ FORMAT = 1
 # resumption leaves every number the run produces as it was.
 NEUTRAL_FLAGS = frozenset({"resume", "save_every", "out_dir", "checkpoint", "predict_only", "max_bad_steps",
                            "use_gpu", "device", "skip_predictions"})
+# Path flags that are not fingerprinted by path: outputs and test files are only used after training,
+# training and dev files count by content (their hashes).
+PATH_SUFFIXES = ("_out", "_test", "_train", "_dev")
 
 
 def file_sha256(path: Path) -> str:
@@ -46,7 +49,7 @@ def run_fingerprint(flags: dict, device: torch.device, data_files: dict[str, Pat
     """
     # Every task's file paths are left out (the trained tasks' files count by their hashes below).
     fingerprint = {key: str(value) if isinstance(value, Path) else value for key, value in sorted(flags.items())
-                   if key not in NEUTRAL_FLAGS and not key.endswith(("_out", "_test", "_train", "_dev"))}
+                   if key not in NEUTRAL_FLAGS and not key.endswith(PATH_SUFFIXES)}
     fingerprint["device"] = device.type
     fingerprint.update({f"sha256({key})": file_sha256(path) for key, path in sorted(data_files.items())})
     # Round-trip through JSON so tuples and lists (and int/float spellings) compare the same way
@@ -144,10 +147,11 @@ class RunState:
         try:
             if state["format"] != FORMAT:
                 raise ValueError(f"format {state['format']}, this version reads {FORMAT}")
-            # States saved before a flag became neutral still carry it: it does not count. ("device"
-            # is the device type the fingerprint records, not the neutral flag of that name.)
+            # States saved by earlier versions may carry a flag that is neutral now, or an untrained
+            # task's file path: neither counts. ("device" is the device type the fingerprint
+            # records, not the neutral flag of that name.)
             saved = {key: value for key, value in json.loads(state["fingerprint"]).items()
-                     if key == "device" or key not in NEUTRAL_FLAGS}
+                     if key == "device" or (key not in NEUTRAL_FLAGS and not key.endswith(PATH_SUFFIXES))}
             # Fail here, with the file's name, rather than halfway through a restore.
             missing = [key for key in ("serial", "weights", "has_teacher", "trainer", "rng") if key not in state]
             if missing:

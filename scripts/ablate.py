@@ -5,7 +5,8 @@
     python scripts/ablate.py --configs baseline,r3f -- --batch_size 16 # training flags after --
 
 Each configuration and seed trains in its own subprocess into <out_dir>/<config>/seed<seed>/;
-rerunning the same command skips finished runs and retries failed ones.
+rerunning the same command skips finished runs and retries failed ones. The same command with
+--report_only rewrites the summaries from the runs finished so far (e.g. while the grid runs).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from multitask.ablation import (GRID, MLM_SCRIPT, GridError, GridSettings, check_extra_args,  # noqa: E402
-                                parse_configs, parse_seeds, run_grid)
+                                finished_results, parse_configs, parse_seeds, run_grid)
+from minbert.flags import OneLineErrorParser, positive_int  # noqa: E402
 from minbert.precision import PRECISIONS  # noqa: E402
 from multitask.ablation_report import write_reports  # noqa: E402
 from multitask.train import TrainSettings  # noqa: E402
@@ -32,15 +34,15 @@ FULL = {"epochs": TrainSettings.epochs, "train_limit": None, "seeds": "11711,1,2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 usage="%(prog)s [options] [-- training flags for multitask_classifier.py]")
     p.add_argument("--configs", default=",".join(GRID), help=f"comma list from {','.join(GRID)} (default: all)")
     p.add_argument("--seeds", help="a count (3 = 11711,1,2) or a comma list; '42,' is the single seed 42 "
                                    f"(default {FULL['seeds']}; --quick: 1)")
-    p.add_argument("--epochs", type=int, help=f"epochs per run (default {FULL['epochs']}; --quick: 1)")
-    p.add_argument("--train_limit", type=int,
+    p.add_argument("--epochs", type=positive_int, help=f"epochs per run (default {FULL['epochs']}; --quick: 1)")
+    p.add_argument("--train_limit", type=positive_int,
                    help="at most N training examples per task (default: all; --quick: 64)")
-    p.add_argument("--dev_limit", type=int,
+    p.add_argument("--dev_limit", type=positive_int,
                    help="score on at most N dev examples per task (default: all; --quick: 200)")
     p.add_argument("--skip_predictions", action="store_const", const=True,
                    help="write no prediction files per run (--quick does this)")
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default results/ablations; --quick: results/ablations_quick)")
     p.add_argument("--mlm_dir", type=Path, help="MLM-pretrained encoder (Hugging Face layout) for the mlm rows; "
                                                 "without it the runner pretrains one into <out_dir>/mlm_encoder")
-    p.add_argument("--mlm_steps", type=int, help=f"MLM steps when the runner pretrains (default {FULL['mlm_steps']}; "
+    p.add_argument("--mlm_steps", type=positive_int, help=f"MLM steps when the runner pretrains (default {FULL['mlm_steps']}; "
                                                  f"--quick: {QUICK['mlm_steps']})")
     p.add_argument("--mlm_script", type=Path, default=MLM_SCRIPT,
                    help="the MLM pretraining script (takes --out_dir --max_steps --seed)")
@@ -57,17 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute precision of every run and of the MLM stage (see multitask_classifier.py --help)")
     p.add_argument("--keep_checkpoints", action="store_true",
                    help="keep each run's best checkpoint (by default removed once the run is finished)")
+    p.add_argument("--report_only", action="store_true",
+                   help="run nothing: write the summaries from the runs of this grid that have finished")
     p.add_argument("--quick", action="store_true", help="the whole grid on a tiny budget: 1 epoch, 64 examples per "
                                                         "task, 1 seed, a 10-step MLM stage, no prediction files")
     return p
 
 
+def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the runner's flags, the training flags after `--`, which go to multitask_classifier.py untouched)."""
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
 def settings_from_args(argv: list[str]) -> GridSettings:
-    # Everything after `--` goes to multitask_classifier.py untouched.
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
+    argv, extra = split_extra(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
@@ -85,7 +93,14 @@ def settings_from_args(argv: list[str]) -> GridSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = settings_from_args(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    settings = settings_from_args(argv)
+    if build_parser().parse_args(split_extra(argv)[0]).report_only:
+        results = finished_results(settings)
+        paths = write_reports(settings, results)
+        print(f"{len(results)} of {len(settings.configs) * len(settings.seeds)} runs finished; "
+              f"wrote {', '.join(str(p) for p in paths.values())}", flush=True)
+        return 0
     results = run_grid(settings, say=lambda line: print(line, flush=True))
     paths = write_reports(settings, results)
     failed = [r for r in results if r.status == "failed"]

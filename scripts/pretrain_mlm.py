@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minbert import CheckpointError, load_tokenizer  # noqa: E402
 from minbert.atomic import atomic_write_text, replaced_directory  # noqa: E402
 from minbert.corpus import dedupe, split_held_out, tokenise_and_pack  # noqa: E402
-from minbert.flags import OneLineErrorParser, integer, non_negative, number, positive, positive_int, seed  # noqa: E402
+from minbert.flags import (DefaultsHelpFormatter, OneLineErrorParser, integer, non_negative, number,  # noqa: E402
+                           positive, positive_int, seed)
 from minbert.masking import MaskingVocab  # noqa: E402
-from minbert.precision import PRECISIONS, resolve_precision  # noqa: E402
+from minbert.precision import PRECISION_HELP, PRECISIONS, resolve_precision  # noqa: E402
 from minbert.mlm import BertForMaskedLM  # noqa: E402
 from minbert.pretrain import MLMPretrainer, PretrainingAborted, PretrainSettings  # noqa: E402
 from multitask.corpus import pretraining_texts, training_files  # noqa: E402
@@ -42,7 +43,7 @@ RUN_FILE = "pretrain_run.json"
 log = logging.getLogger("pretrain_mlm")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
     """Keeps the usage examples' line breaks and shows every flag's default."""
 
 
@@ -72,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on the held-out rows every N updates")
     p.add_argument("--seed", type=seed, default=11711, help="head initialisation, batch order and training masks")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto takes CUDA when present")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     return p
 
 

@@ -15,7 +15,7 @@ import torch
 
 from minbert import BertModel
 from multitask.ablation import (GRID, GridError, GridSettings, RunResult, build_command, check_extra_args,
-                                finished_marker, parse_configs, parse_seeds, run_signature)
+                                finished_marker, finished_results, parse_configs, parse_seeds, run_signature)
 from multitask.ablation_report import aggregate, format_difference, format_stat, markdown, mean_std, report_paths
 from multitask.cli import build_parser
 from multitask.predictions import read_predictions
@@ -373,3 +373,34 @@ def test_paired_differences_and_t_intervals_on_hand_made_numbers(tmp_path):
     table = markdown(settings(tmp_path, configs=["baseline", "smart", "r3f"], seeds=[1, 2, 3]), results,
                      list(summary.values()))
     assert "| smart | 3 | +2.7 [-2.5, +7.8] | +0.0 [+0.0, +0.0] |" in table and "| 2.67 |" in table
+
+
+def fake_finished_run(settings: GridSettings, config: str, seed: int, dev_mean: float) -> None:
+    """A run directory as run_one leaves it (done marker and metrics), without training anything."""
+    directory = settings.out_dir / config / f"seed{seed}"
+    directory.mkdir(parents=True)
+    record = {"epoch": 1, "dev_sst": 0.4, "dev_para": 0.7, "dev_sts": 0.5, "dev_mean": dev_mean, "train_seconds": 10.0}
+    (directory / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    signature = run_signature(settings, GRID[config], seed, None)
+    (directory / "done.json").write_text(json.dumps({"signature": signature, "wall_seconds": 12.0}))
+
+
+def test_report_only_summarises_the_finished_runs_and_runs_nothing(tmp_path):
+    grid = settings(tmp_path, configs=["baseline", "r3f", "smart"], seeds=[1, 2], epochs=1)
+    fake_finished_run(grid, "baseline", 1, 0.60)
+    fake_finished_run(grid, "baseline", 2, 0.62)
+    fake_finished_run(grid, "r3f", 1, 0.65)
+    other_budget = settings(tmp_path, configs=["r3f"], seeds=[2], epochs=1, train_limit=10)
+    fake_finished_run(other_budget, "r3f", 2, 0.99)  # another budget's marker: not this grid's run
+    assert [(r.config, r.seed, r.dev_mean) for r in finished_results(grid)] == \
+        [("baseline", 1, 0.60), ("r3f", 1, 0.65), ("baseline", 2, 0.62)]
+
+    result = ablate("--configs", "baseline,r3f,smart", "--seeds", "1,2", "--epochs", "1",
+                    "--out_dir", str(grid.out_dir), "--report_only")
+    assert result.returncode == 0, result.stderr
+    assert "3 of 6 runs finished" in result.stdout and "running" not in result.stdout
+    assert not (grid.out_dir / "smart").exists()
+    table = report_paths(grid.out_dir)["md"].read_text(encoding="utf-8")
+    # One pair for r3f (seed 1: 0.65 - 0.60), none for smart.
+    assert "| r3f | 1 | +0.0 | +0.0 | +0.0 | +5.0 | 1.00 |" in table
+    assert "| smart | 0 | — | — | — | — | — |" in table

@@ -1,0 +1,111 @@
+"""The SMART radius sweep: plain fine-tuning and SMART at each ε, one epoch, paired seeds, as a table of differences.
+
+    python scripts/smart_sweep.py                     # every point, seeds 11711 and 1 (resumable)
+    python scripts/smart_sweep.py --report_only       # the table from the runs finished so far
+
+Each point is a one-configuration grid of scripts/ablate.py in <out_dir>/<point>/; runs go seed by
+seed, so a sweep stopped part-way still compares every point on the first seed. Rerunning skips
+finished runs. The table (results/smart_sweep.md and .json) gives each point's scores and its
+paired difference from plain fine-tuning with the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from minbert.atomic import atomic_write_text  # noqa: E402
+from minbert.flags import OneLineErrorParser  # noqa: E402
+from minbert.precision import PRECISION_HELP, PRECISIONS  # noqa: E402
+from multitask.ablation import GridError, GridSettings, RunResult, finished_results, parse_seeds, run_grid  # noqa: E402
+from multitask.ablation_report import (METRICS, format_difference, format_stat, mean_std,  # noqa: E402
+                                       paired_difference, per_seed)
+
+# name: (ε, η, σ) as written on the command line. η = ε and σ = ε/10 keep one ascent step inside
+# the ball and the starting noise well inside it; "paper" is the setting of Jiang et al. (2020).
+POINTS = {"eps1e-1": ("1e-1", "1e-1", "0.01"), "eps1": ("1", "1", "0.1"), "eps1e-2": ("1e-2", "1e-2", "0.001"),
+          "eps1e-3": ("1e-3", "1e-3", "0.0001"), "paper": ("1e-5", "1e-3", "1e-5")}
+BASELINE = "baseline"
+
+
+def point_settings(out_dir: Path, point: str, seeds: list[int], precision: str) -> GridSettings:
+    if point == BASELINE:
+        return GridSettings(out_dir=out_dir / BASELINE, configs=[BASELINE], seeds=seeds, epochs=1,
+                            skip_predictions=True, precision=precision)
+    eps, step, sigma = POINTS[point]
+    return GridSettings(out_dir=out_dir / point, configs=["smart"], seeds=seeds, epochs=1, skip_predictions=True,
+                        extra_args=["--smart_eps", eps, "--smart_step_size", step, "--smart_sigma", sigma],
+                        precision=precision)
+
+
+def markdown(seeds: list[int], rows: dict[str, list[RunResult]]) -> str:
+    base = rows[BASELINE]
+    lines = ["# SMART radius sweep", "",
+             f"One epoch on the full training data, full dev sets, seeds {', '.join(map(str, seeds))}; "
+             "`python multitask_classifier.py --option finetune --epochs 1 --skip_predictions` plus the flags "
+             "shown. Scores: mean ± sample std over the finished seeds. Δ: the point's score minus plain "
+             "fine-tuning's with the same seed, averaged over seeds, in points (×100), with a 95% t-interval "
+             "once two seeds are in. Time: mean per-seed ratio of training time to plain fine-tuning's.", "",
+             "| point | ε | η | σ | seeds | " + " | ".join(title for _, title in METRICS) + " | "
+             + " | ".join(f"Δ {title}" for _, title in METRICS) + " | time × |",
+             "|---|---|---|---|---|" + "---|" * (2 * len(METRICS)) + "---|"]
+    for point, runs in rows.items():
+        eps, step, sigma = POINTS.get(point, ("—", "—", "—"))
+        scores = [format_stat(mean_std([getattr(r, key) for r in runs])) for key, _ in METRICS]
+        if point == BASELINE:
+            deltas, ratio = ["—"] * len(METRICS), "1"
+        else:
+            deltas = [format_difference(paired_difference(per_seed(runs, key), per_seed(base, key)))
+                      for key, _ in METRICS]
+            mine, theirs = per_seed(runs, "train_seconds"), per_seed(base, "train_seconds")
+            ratios = [mine[s] / theirs[s] for s in mine.keys() & theirs.keys() if theirs[s] > 0]
+            ratio = f"{sum(ratios) / len(ratios):.2f}" if ratios else "—"
+        seeds_done = ",".join(str(r.seed) for r in runs) or "none yet"
+        lines.append(f"| {point} | {eps} | {step} | {sigma} | {seeds_done} | " + " | ".join(scores) + " | "
+                     + " | ".join(deltas) + f" | {ratio} |")
+    lines += ["", f"Written {time.strftime('%Y-%m-%d %H:%M')} by `scripts/smart_sweep.py`."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="11711,1", help="comma list of seeds, run in this order")
+    p.add_argument("--points", default=",".join(POINTS), help=f"comma list from {','.join(POINTS)}")
+    p.add_argument("--out_dir", type=Path, default=Path("runs/sweep"), help="run directories, one per point")
+    p.add_argument("--report", type=Path, default=Path("results/smart_sweep"),
+                   help="the table goes to REPORT.md and REPORT.json")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    p.add_argument("--report_only", action="store_true", help="run nothing: the table from the finished runs")
+    args = p.parse_args(argv)
+    try:
+        seeds = parse_seeds(args.seeds)
+    except GridError as err:
+        p.error(str(err))
+    points = [name.strip() for name in args.points.split(",") if name.strip()]
+    unknown = [name for name in points if name not in POINTS]
+    if unknown or not points:
+        p.error(f"--points: unknown point(s) {unknown or args.points!r}; choose from {','.join(POINTS)}")
+
+    names = [BASELINE, *points]
+    if not args.report_only:
+        for seed in seeds:
+            for name in names:
+                run_grid(point_settings(args.out_dir, name, [seed], args.precision),
+                         say=lambda line, name=name: print(f"{name}: {line}", flush=True))
+    rows = {name: finished_results(point_settings(args.out_dir, name, seeds, args.precision)) for name in names}
+    atomic_write_text(args.report.with_suffix(".md"), markdown(seeds, rows))
+    points_json = {name: {"flags": point_settings(args.out_dir, name, seeds, args.precision).extra_args,
+                          "runs": [r.as_json() for r in runs]} for name, runs in rows.items()}
+    atomic_write_text(args.report.with_suffix(".json"),
+                      json.dumps({"seeds": seeds, "points": points_json}, indent=2) + "\n")
+    print(f"wrote {args.report.with_suffix('.md')} ({sum(map(len, rows.values()))} finished runs)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
