@@ -1,4 +1,4 @@
-"""The command line refuses bad values before touching --out_dir, and --resume refuses exactly the settings that change results."""
+"""The command line refuses bad values before touching --out_dir; --resume refuses exactly what changes results."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from minbert.paths import default_checkpoint_dir
 from multitask.cli import build_parser, main, open_run_state
 from multitask.resume import FORMAT, NEUTRAL_FLAGS, STATE_DIR, STATE_FILE
-from tests.test_pipeline import SEED, data_args, output_args, write_tiny_course_files
+from tests.test_pipeline import SEED, data_args, output_args, refused_flags, write_tiny_course_files
 
 BASE = ["--option", "finetune", "--epochs", "2", "--batch_size", "8", "--seed", SEED, "--device", "cpu",
         "--precision", "fp32"]
@@ -24,17 +24,6 @@ def tiny_data(tmp_path_factory) -> dict:
 
 def snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def refusal(capsys, argv: list[str]) -> str:
-    """The one line the CLI prints when it refuses `argv`, after checking exit code 2."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as excinfo:
-        main(argv)
-    assert excinfo.value.code == 2
-    message = capsys.readouterr().err
-    assert message.count("\n") == 1 and "Traceback" not in message, message
-    return message
 
 
 # ------------------------------------------------------------------------------------ bad values
@@ -89,7 +78,8 @@ def test_bad_flags_are_refused_in_one_line_and_leave_a_saved_run_untouched(tiny_
     before = snapshot(out_dir)
     out_args, outputs = output_args(tmp_path / "predictions")
     for resume in ([], ["--resume"]):
-        message = refusal(capsys, [*BASE, *data_args(tiny_data), *out_args, "--out_dir", str(out_dir), *flags, *resume])
+        message = refused_flags(capsys, [*BASE, *data_args(tiny_data), *out_args, "--out_dir", str(out_dir),
+                                         *flags, *resume])
         assert message.startswith("multitask_classifier.py: error: ") and named in message, message
         assert snapshot(out_dir) == before
     assert not (tmp_path / "predictions").exists()
@@ -97,12 +87,13 @@ def test_bad_flags_are_refused_in_one_line_and_leave_a_saved_run_untouched(tiny_
 
 def test_out_dir_that_is_a_file_is_refused(tiny_data, tmp_path, capsys):
     (tmp_path / "run").write_text("a file, not a directory")
-    message = refusal(capsys, [*BASE, *data_args(tiny_data), "--out_dir", str(tmp_path / "run")])
+    message = refused_flags(capsys, [*BASE, *data_args(tiny_data), "--out_dir", str(tmp_path / "run")])
     assert "--out_dir: " in message and "is not a directory" in message
 
 
 def test_predict_only_without_a_checkpoint_is_refused(tiny_data, tmp_path, capsys):
-    message = refusal(capsys, ["--predict_only", *data_args(tiny_data), "--out_dir", str(tmp_path / "nothing")])
+    message = refused_flags(capsys, ["--predict_only", *data_args(tiny_data),
+                                     "--out_dir", str(tmp_path / "nothing")])
     assert f"--checkpoint: {tmp_path / 'nothing' / 'best'} is not a directory" in message
 
 

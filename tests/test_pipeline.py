@@ -262,7 +262,8 @@ def test_unusable_training_file_exits_with_one_line_naming_it(tiny_data, tmp_pat
 
 @pytest.mark.parametrize("tasks,flags,expected", [
     ("para", ["--r3f", "--r3f_tasks", "sst"], "error: --r3f_tasks: sst not among the trained --tasks para"),
-    ("sst,para", ["--smart", "--smart_tasks", "sts"], "error: --smart_tasks: sts not among the trained --tasks sst,para"),
+    ("sst,para", ["--smart", "--smart_tasks", "sts"],
+     "error: --smart_tasks: sts not among the trained --tasks sst,para"),
     ("sst,para,sts", ["--r3f", "--r3f_tasks", "sst,nli"], "error: --r3f_tasks: unknown task(s) ['nli']"),
     ("sst,para,sts", ["--rdrop", "--rdrop_tasks", "none"], "error: --rdrop_tasks: unknown task(s) ['none']"),
 ])
