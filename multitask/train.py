@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # Updates between returns of freed heap memory to the OS (minbert.memory): often enough that the
 # heap cannot ratchet up between two, rarely enough that the cost is lost in the step time.
 RELEASE_MEMORY_EVERY = 5
+# Progress lines per epoch when no progress bar is drawn.
+PROGRESS_LINES = 10
 
 
 class TrainingAborted(RuntimeError):
@@ -261,6 +263,9 @@ class Trainer:
         start = time.perf_counter() - progress.seconds
         bar = tqdm(total=len(plan), initial=progress.step, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
                    disable=not show_progress())
+        # Without a bar (output to a log file, CI), a line at every tenth of the epoch instead.
+        line_every = 0 if show_progress() else max(1, len(plan) // PROGRESS_LINES)
+        first_step, resumed_at = progress.step, time.perf_counter()
         for step in range(progress.step, len(plan)):
             task, indices, swapped = plan[step]
             bar.update()
@@ -286,6 +291,11 @@ class Trainer:
                     progress.step, progress.seconds = step + 1, time.perf_counter() - start
                     self.checkpoint()
             bar.set_postfix(loss=f"{reported_loss.item():.3f}", refresh=False)
+            if line_every and (step + 1) % line_every == 0 and step + 1 < len(plan):
+                now = time.perf_counter()
+                per_step = (now - resumed_at) / (step + 1 - first_step)
+                log.info("epoch %d/%d: step %d of %d, %.0f s so far, about %.0f s to go", epoch + 1,
+                         self.settings.epochs, step + 1, len(plan), now - start, per_step * (len(plan) - step - 1))
         bar.close()
         progress.step, progress.seconds = len(plan), time.perf_counter() - start
         dev_scores = self.evaluate()
