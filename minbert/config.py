@@ -45,10 +45,9 @@ class BertConfig:
         # should be named as such, not surface as an arithmetic error somewhere inside a layer.
         for name in SIZES:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int) \
-                or not 0 <= self.pad_token_id < self.vocab_size:
+        if not _is_integer(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id must be an integer in 0..vocab_size-1, got {self.pad_token_id!r}")
         for name, low, high in RATES:
             value = getattr(self, name)
@@ -101,3 +100,8 @@ class BertConfig:
         values.pop("unpad_inputs")
         return {"architectures": ["BertModel"], "model_type": "bert",
                 "position_embedding_type": "absolute", **values}
+
+
+def _is_integer(value) -> bool:
+    """An int from JSON, not a bool (which Python counts as one) nor a float such as 6.0."""
+    return isinstance(value, int) and not isinstance(value, bool)

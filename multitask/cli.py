@@ -197,8 +197,9 @@ def check_args(args: argparse.Namespace) -> None:
                         "BERT directory (config.json, model.safetensors, vocab.txt)")
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise FlagError(f"--out_dir: {args.out_dir} exists and is not a directory")
-    positions = max_positions(args.pretrained)
-    if not args.predict_only and positions is not None and args.max_length > positions:
+    # (--predict_only takes the checkpoint's own --max_length.)
+    positions = None if args.predict_only else max_positions(args.pretrained)
+    if positions is not None and args.max_length > positions:
         raise FlagError(f"--max_length: expected an integer from {MIN_LENGTH} to {positions} (the model's "
                         f"max_position_embeddings), got {args.max_length}")
 
@@ -333,11 +334,11 @@ def check_regularizer_flags(args: argparse.Namespace, tasks: tuple[str, ...]) ->
             continue
         if not getattr(args, switch):
             raise FlagError(f"{flag} narrows --{switch} to some tasks, but --{switch} is not on; "
-                             f"add --{switch}, or drop {flag}")
+                            f"add --{switch}, or drop {flag}")
         untrained = [t for t in parse_tasks(named, flag) if t not in tasks]
         if untrained:
             raise FlagError(f"{flag}: {','.join(untrained)} not among the trained --tasks "
-                             f"{','.join(tasks)}")
+                            f"{','.join(tasks)}")
     for part in ("--no_adversarial", "--no_bregman"):
         if getattr(args, part[2:]) and not args.smart:
             raise FlagError(f"{part} switches off a part of --smart, which is not on; add --smart")

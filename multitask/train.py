@@ -261,10 +261,11 @@ class Trainer:
                                           bad_steps_before=self.bad_steps)
         progress = self.progress
         start = time.perf_counter() - progress.seconds
+        drawn = show_progress()
         bar = tqdm(total=len(plan), initial=progress.step, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
-                   disable=not show_progress())
+                   disable=not drawn)
         # Without a bar (output to a log file, CI), a line at every tenth of the epoch instead.
-        line_every = 0 if show_progress() else max(1, len(plan) // PROGRESS_LINES)
+        line_every = 0 if drawn else max(1, len(plan) // PROGRESS_LINES)
         first_step, resumed_at = progress.step, time.perf_counter()
         for step in range(progress.step, len(plan)):
             task, indices, swapped = plan[step]
