@@ -79,6 +79,13 @@ def per_seed(runs: Sequence[RunResult], key: str) -> dict[int, float]:
     return {r.seed: float(getattr(r, key)) for r in runs if getattr(r, key) is not None}
 
 
+def time_ratio(runs: Sequence[RunResult], baseline: Sequence[RunResult]) -> float | None:
+    """Mean over the shared seeds of training time / the baseline's (None without a shared seed)."""
+    mine, theirs = per_seed(runs, "train_seconds"), per_seed(baseline, "train_seconds")
+    ratios = [mine[seed] / theirs[seed] for seed in mine.keys() & theirs.keys() if theirs[seed] > 0]
+    return statistics.fmean(ratios) if ratios else None
+
+
 def aggregate(results: Sequence[RunResult], configs: Sequence[str]) -> list[dict]:
     """Per configuration, in grid order: run counts, a Stat per metric and, beside the baseline, the paired
     Difference per metric and the mean per-seed ratio of training time."""
@@ -93,9 +100,7 @@ def aggregate(results: Sequence[RunResult], configs: Sequence[str]) -> list[dict
             base = finished[BASELINE]
             row["vs_baseline"] = {key: paired_difference(per_seed(done, key), per_seed(base, key))
                                   for key, _ in METRICS}
-            mine, theirs = per_seed(done, "train_seconds"), per_seed(base, "train_seconds")
-            ratios = [mine[seed] / theirs[seed] for seed in mine.keys() & theirs.keys() if theirs[seed] > 0]
-            row["time_ratio"] = statistics.fmean(ratios) if ratios else None
+            row["time_ratio"] = time_ratio(done, base)
         summary.append(row)
     return summary
 

@@ -304,7 +304,8 @@ def run(args: argparse.Namespace) -> None:
     # The predictions come from the saved best checkpoint. Free the training state first (weights,
     # their average, AdamW's moments, cached bf16 copies): held beside the reloaded model, it set
     # the run's peak memory (results/README.md, "Peak memory of training").
-    del trainer, model, encoder, teacher, regularizers, saved
+    # (Rebound, not deleted: save_state above still closes over `teacher`.)
+    trainer = model = encoder = teacher = regularizers = saved = None
     gc.collect()
     release_free_memory()
     model, _ = load_checkpoint(checkpoint, unpad_inputs=True)

@@ -24,7 +24,7 @@ from minbert.flags import OneLineErrorParser  # noqa: E402
 from minbert.precision import PRECISION_HELP, PRECISIONS  # noqa: E402
 from multitask.ablation import GridError, GridSettings, RunResult, finished_results, parse_seeds, run_grid  # noqa: E402
 from multitask.ablation_report import (METRICS, format_difference, format_stat, mean_std,  # noqa: E402
-                                       paired_difference, per_seed)
+                                       paired_difference, per_seed, time_ratio)
 
 # name: (ε, η, σ) as written on the command line. η = ε and σ = ε/10 keep one ascent step inside
 # the ball and the starting noise well inside it; "paper" is the setting of Jiang et al. (2020).
@@ -62,9 +62,8 @@ def markdown(seeds: list[int], rows: dict[str, list[RunResult]]) -> str:
         else:
             deltas = [format_difference(paired_difference(per_seed(runs, key), per_seed(base, key)))
                       for key, _ in METRICS]
-            mine, theirs = per_seed(runs, "train_seconds"), per_seed(base, "train_seconds")
-            ratios = [mine[s] / theirs[s] for s in mine.keys() & theirs.keys() if theirs[s] > 0]
-            ratio = f"{sum(ratios) / len(ratios):.2f}" if ratios else "—"
+            mean_ratio = time_ratio(runs, base)
+            ratio = "—" if mean_ratio is None else f"{mean_ratio:.2f}"
         seeds_done = ",".join(str(r.seed) for r in runs) or "none yet"
         lines.append(f"| {point} | {eps} | {step} | {sigma} | {seeds_done} | " + " | ".join(scores) + " | "
                      + " | ".join(deltas) + f" | {ratio} |")
