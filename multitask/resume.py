@@ -33,6 +33,11 @@ NEUTRAL_FLAGS = frozenset({"resume", "save_every", "out_dir", "checkpoint", "pre
 PATH_SUFFIXES = ("_out", "_test", "_train", "_dev")
 
 
+def fingerprinted(flag: str) -> bool:
+    """Whether a flag's value is part of a run's fingerprint as it stands."""
+    return flag not in NEUTRAL_FLAGS and not flag.endswith(PATH_SUFFIXES)
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -49,7 +54,7 @@ def run_fingerprint(flags: dict, device: torch.device, data_files: dict[str, Pat
     """
     # Every task's file paths are left out (the trained tasks' files count by their hashes below).
     fingerprint = {key: str(value) if isinstance(value, Path) else value for key, value in sorted(flags.items())
-                   if key not in NEUTRAL_FLAGS and not key.endswith(PATH_SUFFIXES)}
+                   if fingerprinted(key)}
     fingerprint["device"] = device.type
     fingerprint.update({f"sha256({key})": file_sha256(path) for key, path in sorted(data_files.items())})
     # Round-trip through JSON so tuples and lists (and int/float spellings) compare the same way
@@ -151,7 +156,7 @@ class RunState:
             # task's file path: neither counts. ("device" is the device type the fingerprint
             # records, not the neutral flag of that name.)
             saved = {key: value for key, value in json.loads(state["fingerprint"]).items()
-                     if key == "device" or (key not in NEUTRAL_FLAGS and not key.endswith(PATH_SUFFIXES))}
+                     if key == "device" or fingerprinted(key)}
             # Fail here, with the file's name, rather than halfway through a restore.
             missing = [key for key in ("serial", "weights", "has_teacher", "trainer", "rng") if key not in state]
             if missing:

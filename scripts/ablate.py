@@ -24,8 +24,8 @@ from minbert.precision import PRECISIONS  # noqa: E402
 from multitask.ablation_report import write_reports  # noqa: E402
 from multitask.train import TrainSettings  # noqa: E402
 
-# --quick: every configuration once on a sliver of data, to check the whole grid runs (< 15 min on
-# 2 CPU cores); scores from it say nothing about the methods.
+# --quick: every configuration once on a sliver of data, to check the whole grid runs (its time is
+# in the README); scores from it say nothing about the methods.
 QUICK = {"epochs": 1, "train_limit": 64, "seeds": "1", "dev_limit": 200, "skip_predictions": True,
          "mlm_steps": 10, "out_dir": Path("results/ablations_quick")}
 # The full budget trains as long as multitask_classifier.py does by default.
