@@ -13,11 +13,11 @@ from typing import Callable
 
 from minbert.atomic import atomic_write_text
 from multitask.resume import STATE_DIR
+from multitask.tasks import TASKS
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSIFIER = REPO / "multitask_classifier.py"
 MLM_SCRIPT = REPO / "scripts" / "pretrain_mlm.py"
-TASKS = ("sst", "para", "sts")
 DONE = "done.json"
 # A lone count N in --seeds means the course's seed first, then 1..N-1: the first run of any grid
 # is then the same run as the README's default command.
@@ -100,9 +100,7 @@ class RunResult:
     status: str  # "done" or "failed"
     run_dir: str
     best_epoch: int | None = None
-    dev_sst: float | None = None
-    dev_para: float | None = None
-    dev_sts: float | None = None
+    dev: dict[str, float] = field(default_factory=dict)  # task -> dev score, in training order
     dev_mean: float | None = None
     train_seconds: float | None = None  # training loops of all epochs, without dev evaluation
     wall_seconds: float | None = None  # the whole subprocess: loading, training, evaluation, predictions
@@ -111,6 +109,12 @@ class RunResult:
 
     def as_json(self) -> dict:
         return asdict(self)
+
+    def value(self, key: str) -> float | None:
+        """`dev_<task>` (that task's dev score), `dev_mean` or `train_seconds`; None when absent."""
+        if key.startswith("dev_") and key != "dev_mean":
+            return self.dev.get(key[len("dev_"):])
+        return getattr(self, key)
 
 
 def parse_configs(text: str) -> list[str]:
@@ -226,7 +230,9 @@ def result_from_metrics(config: str, seed: int, directory: Path, records: list[d
                         reused: bool) -> RunResult:
     best = max(records, key=lambda record: record["dev_mean"])
     return RunResult(config, seed, "done", str(directory), best_epoch=best["epoch"],
-                     **{f"dev_{task}": best.get(f"dev_{task}") for task in (*TASKS, "mean")},
+                     dev={key[len("dev_"):]: value for key, value in best.items()
+                          if key.startswith("dev_") and key != "dev_mean"},
+                     dev_mean=best["dev_mean"],
                      train_seconds=round(sum(record.get("train_seconds", 0.0) for record in records), 1),
                      wall_seconds=None if wall is None else round(wall, 1), reused=reused)
 

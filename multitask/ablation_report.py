@@ -14,9 +14,8 @@ import scipy.stats
 
 from minbert.atomic import atomic_path, atomic_write_text
 from multitask.ablation import GRID, GridSettings, RunResult
+from multitask.tasks import TASKS
 
-# (result field, column title); STS is Pearson r, the mean maps it to (r + 1) / 2 as training does.
-METRICS = (("dev_sst", "SST acc"), ("dev_para", "Quora acc"), ("dev_sts", "STS r"), ("dev_mean", "mean"))
 BASELINE = "baseline"
 CONFIDENCE = 0.95
 
@@ -75,8 +74,19 @@ def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> D
     return Difference(mean, float(low), float(high), len(differences))
 
 
+def metric_columns(results: Sequence[RunResult]) -> list[tuple[str, str]]:
+    """(RunResult.value key, column title) per task the runs were scored on, in registry order, then the mean.
+
+    Pearson r columns say r; the mean maps r to (r + 1) / 2 as training does.
+    """
+    scored = {task for r in results for task in r.dev}
+    columns = [(f"dev_{name}", f"{task.label} {'r' if task.metric == 'pearson' else 'acc'}")
+               for name, task in TASKS.items() if name in scored]
+    return [*columns, ("dev_mean", "mean")]
+
+
 def per_seed(runs: Sequence[RunResult], key: str) -> dict[int, float]:
-    return {r.seed: float(getattr(r, key)) for r in runs if getattr(r, key) is not None}
+    return {r.seed: float(r.value(key)) for r in runs if r.value(key) is not None}
 
 
 def time_ratio(runs: Sequence[RunResult], baseline: Sequence[RunResult]) -> float | None:
@@ -90,16 +100,17 @@ def aggregate(results: Sequence[RunResult], configs: Sequence[str]) -> list[dict
     """Per configuration, in grid order: run counts, a Stat per metric and, beside the baseline, the paired
     Difference per metric and the mean per-seed ratio of training time."""
     finished = {name: [r for r in results if r.config == name and r.status == "done"] for name in configs}
+    metrics = metric_columns(results)
     summary = []
     for name in configs:
         done = finished[name]
         row = {"config": name, "runs": len(done), "failed": sum(r.config == name for r in results) - len(done)}
-        for key, _ in (*METRICS, ("train_seconds", "")):
-            row[key] = mean_std([getattr(r, key) for r in done])
+        for key, _ in (*metrics, ("train_seconds", "")):
+            row[key] = mean_std([r.value(key) for r in done])
         if BASELINE in finished and name != BASELINE:
             base = finished[BASELINE]
             row["vs_baseline"] = {key: paired_difference(per_seed(done, key), per_seed(base, key))
-                                  for key, _ in METRICS}
+                                  for key, _ in metrics}
             row["time_ratio"] = time_ratio(done, base)
         summary.append(row)
     return summary
@@ -147,15 +158,16 @@ def budget_lines(settings: GridSettings) -> list[str]:
 
 
 def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list[dict]) -> str:
+    metrics = metric_columns(results)
     lines = ["# Ablations", "", "Budget, the same for every run:", "", *budget_lines(settings), "",
              "Dev scores of each run's best epoch (highest dev mean), as mean ± sample standard deviation "
-             "over seeds; the mean is (SST acc + Quora acc + (STS r + 1) / 2) / 3. Train time is the training "
+             "over seeds; the mean is over the tasks, with Pearson r as (r + 1) / 2. Train time is the training "
              "loop of one run, without dev evaluation or prediction writing.", "",
-             "| config | flags | runs | " + " | ".join(title for _, title in METRICS) + " | train time |",
-             "|---|---|---|" + "---|" * len(METRICS) + "---|"]
+             "| config | flags | runs | " + " | ".join(title for _, title in metrics) + " | train time |",
+             "|---|---|---|" + "---|" * len(metrics) + "---|"]
     for row in summary:
         runs = f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
-        cells = [format_stat(row[key]) for key, _ in METRICS]
+        cells = [format_stat(row[key]) for key, _ in metrics]
         lines.append(f"| {row['config']} | `{GRID[row['config']].describe()}` | {runs} | " + " | ".join(cells)
                      + f" | {format_seconds(row['train_seconds'])} |")
     compared = [row for row in summary if "vs_baseline" in row]
@@ -164,12 +176,12 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
                   f"`{BASELINE}`'s with the same seed, averaged over seeds, in points (×100), with a "
                   f"{CONFIDENCE:.0%} Student-t interval over the seeds. An interval that contains 0 is no "
                   "evidence either way. Time: mean per-seed ratio of training time to the baseline's.", "",
-                  "| config | pairs | " + " | ".join(f"Δ {title}" for _, title in METRICS) + " | time × |",
-                  "|---|---|" + "---|" * len(METRICS) + "---|"]
+                  "| config | pairs | " + " | ".join(f"Δ {title}" for _, title in metrics) + " | time × |",
+                  "|---|---|" + "---|" * len(metrics) + "---|"]
         for row in compared:
             ratio = "—" if row["time_ratio"] is None else f"{row['time_ratio']:.2f}"
             lines.append(f"| {row['config']} | {row['vs_baseline']['dev_mean'].n} | "
-                         + " | ".join(format_difference(row["vs_baseline"][key]) for key, _ in METRICS)
+                         + " | ".join(format_difference(row["vs_baseline"][key]) for key, _ in metrics)
                          + f" | {ratio} |")
     failed = [r for r in results if r.status == "failed"]
     if failed:
@@ -181,7 +193,7 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
     return "\n".join(lines) + "\n"
 
 
-def plot(path: Path, settings: GridSettings, summary: list[dict]) -> None:
+def plot(path: Path, settings: GridSettings, summary: list[dict], metrics: list[tuple[str, str]]) -> None:
     """One panel per metric: each configuration's paired difference from the baseline with its interval.
 
     Differences, not raw scores: bars of raw scores on an axis cut to show a point or two of
@@ -192,9 +204,10 @@ def plot(path: Path, settings: GridSettings, summary: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     rows = [row for row in summary if "vs_baseline" in row]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 0.9 + 0.35 * max(len(rows), 1)),
-                             sharey=True)
-    for ax, (key, title) in zip(axes, METRICS):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 0.9 + 0.35 * max(len(rows), 1)),
+                             sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, (key, title) in zip(axes, metrics):
         for y, row in enumerate(rows):
             d = row["vs_baseline"][key]
             if d.mean is None:
@@ -236,5 +249,5 @@ def write_reports(settings: GridSettings, results: Sequence[RunResult]) -> dict[
                 "summary": [plain(row) for row in summary]}
     atomic_write_text(paths["json"], json.dumps(document, indent=2) + "\n")
     atomic_write_text(paths["md"], markdown(settings, results, summary))
-    plot(paths["png"], settings, summary)
+    plot(paths["png"], settings, summary, metric_columns(results))
     return paths

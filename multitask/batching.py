@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from minbert.tokenizer import BertTokenizer, pad_sequences
-from multitask.data import Example, PairExample, Task
+from multitask.data import Example, PairExample
+from multitask.tasks import Task
 
 
 PairEncoding = Literal["cross", "bi"]

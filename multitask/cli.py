@@ -1,4 +1,4 @@
-"""Command line of multitask_classifier.py: train on SST, Quora and STS together, write course predictions."""
+"""Command line of multitask_classifier.py: train on SST, Quora and STS (and optionally CFIMDB) together, write course predictions."""
 
 from __future__ import annotations
 
@@ -21,21 +21,21 @@ from minbert.paths import resolve_checkpoint_dir
 from minbert.precision import PRECISION_HELP, PRECISIONS, resolve_precision
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
-from multitask.data import PARA, SST, STS, DataError
+from multitask.data import DataError
 from multitask.distributed import (DistributedError, dump_final_state, global_batch_size, make_trainer,
                                    reseed_ranks_after_resume, start, stop)
 from multitask.evaluate import predict
-from multitask.model import HEADS, PAIR_ENCODINGS, POOLINGS, MultitaskBert
-from multitask.predictions import write_predictions
+from multitask.model import PAIR_ENCODINGS, POOLINGS, MultitaskBert
+from multitask.predictions import prediction_path, write_predictions
 from multitask.regularizers import DROPOUT_MODES, RegularizerSettings, Regularizers, mean_teacher
 from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
 from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.schedule import SCHEDULES
+from multitask.tasks import COURSE_TASKS, SPLITS, TASKS, parse_task_names
 from multitask.train import TrainingAborted, TrainSettings, format_epoch
 from smart import MeanTeacher
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-TASK_DATA = {"sst": (SST, "ids-sst"), "para": (PARA, "quora"), "sts": (STS, "sts")}
 DEFAULT_LR = {"pretrain": 1e-3, "finetune": 5e-5}
 R = RegularizerSettings  # the regularisers' defaults live there
 # Room for [CLS] a [SEP] b [SEP] with a word piece or two of each sentence.
@@ -62,15 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use_gpu", action="store_true", help="train on CUDA (same as --device cuda)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
-    for task, (_, stem) in TASK_DATA.items():
-        for split, suffix in (("train", "train"), ("dev", "dev"), ("test", "test-student")):
-            p.add_argument(f"--{task}_{split}", type=Path, default=DATA / f"{stem}-{suffix}.csv")
-    for task in TASK_DATA:
+    for name, task in TASKS.items():
+        for split in SPLITS:
+            p.add_argument(f"--{name}_{split}", type=Path, default=task.file(DATA, split))
+    for name in TASKS:
         for split in ("dev", "test"):
-            p.add_argument(f"--{task}_{split}_out", type=Path, default=Path(f"predictions/{task}-{split}-output.csv"))
+            p.add_argument(f"--{name}_{split}_out", type=Path, default=prediction_path("predictions", name, split))
     p.add_argument("--pretrained", type=Path, default=None,
                    help="Hugging Face style BERT directory (default: the packaged all-MiniLM-L6-v2)")
-    p.add_argument("--tasks", default="sst,para,sts", help="comma-separated subset of sst,para,sts")
+    p.add_argument("--tasks", default=",".join(COURSE_TASKS),
+                   help=f"comma-separated tasks to train, from {','.join(TASKS)} (cfimdb: the course's binary "
+                        "movie-review sentiment, an optional fourth task)")
     p.add_argument("--train_limit", type=positive_int, default=None, help="at most N training examples per task")
     p.add_argument("--max_length", type=integer(MIN_LENGTH), default=128,
                    help="tokens per (joint) input, longer ones truncated")
@@ -149,11 +151,10 @@ class FlagError(ValueError):
 
 
 def parse_tasks(text: str, flag: str = "--tasks") -> tuple[str, ...]:
-    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
-    unknown = [t for t in tasks if t not in HEADS]
-    if not tasks or unknown:
-        raise FlagError(f"{flag}: unknown task(s) {unknown or text!r}; choose from {','.join(HEADS)}")
-    return tasks
+    try:
+        return parse_task_names(text)
+    except ValueError as err:
+        raise FlagError(f"{flag}: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -235,7 +236,7 @@ def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     train_sets, dev_sets = {}, {}
     for task in tasks:
-        spec, _ = TASK_DATA[task]
+        spec = TASKS[task]
         train = spec.read(getattr(args, f"{task}_train")).examples[: args.train_limit]
         dev = spec.read(getattr(args, f"{task}_dev")).examples[: args.dev_limit]
         train_sets[task] = encode_task(train, tokenizer, spec, args.pair_encoding, args.max_length)
@@ -413,7 +414,7 @@ def write_all_predictions(model: MultitaskBert, tokenizer, tasks: tuple[str, ...
     """Dev and test prediction files for each task, in the course's format and input order."""
     model.to(device)
     for task in tasks:
-        spec, _ = TASK_DATA[task]
+        spec = TASKS[task]
         for split in ("dev", "test"):
             # Read without labels: a dev row whose label is unusable still gets its prediction line.
             examples = spec.read(getattr(args, f"{task}_{split}"), labelled=False).examples

@@ -6,16 +6,17 @@ from pathlib import Path
 from typing import Sequence
 
 from minbert.corpus import read_documents
-from multitask.data import ALL_TASKS, PairExample, Task
-
-# Only the training split of each task; the file name is built from "train", so no dev or test
-# file can be picked up by mistake.
-CORPUS_TASKS = ("sst", "para", "sts", "cfimdb")
+from multitask.data import PairExample
+from multitask.tasks import TASKS, Task
 
 
 def training_files(data_dir: str | Path) -> list[tuple[Task, Path]]:
-    """(task, training file) for SST, Quora, STS and the CFIMDB reviews."""
-    return [(ALL_TASKS[name], ALL_TASKS[name].file(data_dir, "train")) for name in CORPUS_TASKS]
+    """(task, training file) for every registered task (SST, Quora, STS, the CFIMDB reviews).
+
+    Only the training split: the file name is built from "train", so no dev or test file can be
+    picked up by mistake.
+    """
+    return [(task, task.file(data_dir, "train")) for task in TASKS.values()]
 
 
 def training_texts(data_dir: str | Path) -> list[str]:

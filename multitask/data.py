@@ -7,17 +7,16 @@ import io
 import logging
 import math
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator
 
 logger = logging.getLogger(__name__)
 
 # How many problem rows a warning spells out before it just gives the count.
 REPORTED_PROBLEMS = 5
 
-Kind = Literal["multiclass", "binary", "regression"]
-Split = Literal["train", "dev", "test"]
+if TYPE_CHECKING:
+    from multitask.tasks import Task
 
 
 class DataError(ValueError):
@@ -112,71 +111,6 @@ def parse_score_label(raw: str, low: float = 0.0, high: float = 5.0) -> float:
     if not low <= value <= high:
         raise ValueError(f"label {raw.strip()!r} is outside [{low:g}, {high:g}]")
     return value
-
-
-@dataclass(frozen=True)
-class Task:
-    """One task's file format and learning problem.
-
-    `num_outputs` is the width of the head: the class count for multiclass, 1 for a binary
-    logit or a regression value.
-    """
-
-    name: str
-    kind: Kind
-    num_outputs: int
-    text_columns: tuple[str, ...]
-    label_column: str
-    parse_label: Callable[[str], int | float]
-    file_stem: str
-
-    @property
-    def is_pair(self) -> bool:
-        return len(self.text_columns) == 2
-
-    def read(self, path: str | Path, labelled: bool = True) -> ReadResult:
-        """Read one file of this task; see `read_task_file`."""
-        return read_task_file(path, self, labelled)
-
-    def file(self, data_dir: str | Path, split: Split) -> Path:
-        """The course file name for a split, e.g. `data/ids-sst-test-student.csv`."""
-        suffix = "test-student" if split == "test" else split
-        return Path(data_dir) / f"{self.file_stem}-{suffix}.csv"
-
-
-SST = Task("sst", "multiclass", 5, ("sentence",), "sentiment",
-           partial(parse_class_label, num_classes=5), "ids-sst")
-PARA = Task("para", "binary", 1, ("sentence1", "sentence2"), "is_duplicate",
-            partial(parse_class_label, num_classes=2), "quora")
-STS = Task("sts", "regression", 1, ("sentence1", "sentence2"), "similarity",
-           partial(parse_score_label, low=0.0, high=5.0), "sts")
-CFIMDB = Task("cfimdb", "binary", 1, ("sentence",), "sentiment",
-              partial(parse_class_label, num_classes=2), "ids-cfimdb")
-
-# The three tasks the multitask model is trained on, in the order the course lists them.
-TASKS: dict[str, Task] = {task.name: task for task in (SST, PARA, STS)}
-# Every task with a reader, including CFIMDB (used as in-domain text for MLM pretraining).
-ALL_TASKS: dict[str, Task] = {**TASKS, CFIMDB.name: CFIMDB}
-
-
-def read_sst(path: str | Path, labelled: bool = True) -> ReadResult:
-    """SST-5 sentences with an integer sentiment 0..4."""
-    return read_task_file(path, SST, labelled)
-
-
-def read_para(path: str | Path, labelled: bool = True) -> ReadResult:
-    """Quora question pairs with is_duplicate 0/1 (written "0.0"/"1.0" in the files)."""
-    return read_task_file(path, PARA, labelled)
-
-
-def read_sts(path: str | Path, labelled: bool = True) -> ReadResult:
-    """STS Benchmark sentence pairs with a similarity in [0, 5]."""
-    return read_task_file(path, STS, labelled)
-
-
-def read_cfimdb(path: str | Path, labelled: bool = True) -> ReadResult:
-    """CFIMDB movie reviews with a binary sentiment 0/1."""
-    return read_task_file(path, CFIMDB, labelled)
 
 
 def read_task_file(path: str | Path, task: Task, labelled: bool = True) -> ReadResult:

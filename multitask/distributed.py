@@ -14,9 +14,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from minbert.weights import save_tensors
 from multitask.batching import EncodedTask, restore_order, sorted_batches
-from multitask.evaluate import batch_outputs, score, to_predictions
+from multitask.evaluate import batch_outputs, score
 from multitask.model import MultitaskBert
 from multitask.runtime import pick_device, to_device
+from multitask.tasks import TASKS
 from multitask.train import Trainer
 from smart import MeanTeacher
 
@@ -162,7 +163,7 @@ def gathered_predictions(model: MultitaskBert, dataset: EncodedTask, batch_size:
     dist.all_gather_object(parts, mine)
     outputs = [tensor for part_outputs, _ in parts for tensor in part_outputs]
     order = [tensor for _, part_order in parts for tensor in part_order]
-    return to_predictions(dataset.name, restore_order(torch.cat(order), torch.cat(outputs)))
+    return TASKS[dataset.name].predictions(restore_order(torch.cat(order), torch.cat(outputs)))
 
 
 class ParallelTrainer(Trainer):

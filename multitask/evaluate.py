@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.stats
 import torch
 from tqdm.auto import tqdm
 
 from minbert.precision import autocast
 from multitask.batching import EncodedTask, restore_order, sorted_batches
-from multitask.model import HEADS, MultitaskBert
+from multitask.model import MultitaskBert
 from multitask.runtime import show_progress, to_device
+from multitask.tasks import TASKS
 
 
 @torch.no_grad()
 def predict(model: MultitaskBert, dataset: EncodedTask, batch_size: int, device: torch.device,
             precision: str = "fp32") -> torch.Tensor:
-    """Final predictions in dataset order: class ids (sst), 0/1 (para), scores clamped to [0, 5] (sts)."""
-    return to_predictions(dataset.name, raw_outputs(model, dataset, batch_size, device, precision))
-
-
-def to_predictions(task: str, outputs: torch.Tensor) -> torch.Tensor:
-    """Head outputs turned into what is scored and written: class ids, 0/1 or clamped scores."""
-    kind = HEADS[task].kind
-    if kind == "multiclass":
-        return outputs.argmax(-1)
-    if kind == "binary":
-        return (outputs > 0).long()
-    return outputs.clamp(0.0, 5.0)
+    """Final predictions in dataset order: class ids, 0/1 or clamped scores (`Task.predictions`)."""
+    return TASKS[dataset.name].predictions(raw_outputs(model, dataset, batch_size, device, precision))
 
 
 @torch.no_grad()
@@ -65,20 +54,11 @@ def batch_outputs(model: MultitaskBert, dataset: EncodedTask, batches: list[list
 
 
 def score(task: str, predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    """Accuracy for sst and para, Pearson r for sts."""
-    if HEADS[task].kind == "regression":
-        return pearson(predictions.double().numpy(), labels.double().numpy())
-    return (predictions.long() == labels.long()).double().mean().item()
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson's r; 0 when either side is constant (an untrained head), where r is undefined."""
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return 0.0
-    return float(scipy.stats.pearsonr(x, y).statistic)
+    """The task's dev metric: accuracy, or Pearson r for regression."""
+    return TASKS[task].score(predictions, labels)
 
 
 def overall(scores: dict[str, float]) -> float:
-    """Mean of the task scores, with STS's r mapped to (r + 1) / 2 so all lie in [0, 1]."""
-    values = [(s + 1) / 2 if HEADS[task].kind == "regression" else s for task, s in scores.items()]
+    """Mean of the task scores, each mapped into [0, 1] (Pearson r as (r + 1) / 2)."""
+    values = [TASKS[task].unit_score(s) for task, s in scores.items()]
     return sum(values) / len(values)

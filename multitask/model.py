@@ -1,34 +1,16 @@
-"""The shared encoder with three task heads, split so SMART can work on input embeddings."""
+"""The shared encoder with one head per task, split so SMART can work on input embeddings."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from minbert import BertModel
+from multitask.tasks import COURSE_TASKS, TASKS
 
 POOLINGS = ("cls", "mean")
 PAIR_ENCODINGS = ("cross", "bi")
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """What a task's head outputs and how it is trained."""
-
-    name: str
-    kind: str  # "multiclass", "binary" or "regression": also selects SMART's divergence
-    outputs: int
-    is_pair: bool
-
-
-HEADS = {
-    "sst": HeadSpec("sst", "multiclass", 5, is_pair=False),
-    "para": HeadSpec("para", "binary", 1, is_pair=True),
-    "sts": HeadSpec("sts", "regression", 1, is_pair=True),
-}
 
 
 class MultitaskBert(nn.Module):
@@ -40,16 +22,16 @@ class MultitaskBert(nn.Module):
     With `symmetric_pairs`, evaluation averages a pair's outputs over (a, b) and (b, a).
     """
 
-    def __init__(self, encoder: BertModel, tasks: tuple[str, ...] = tuple(HEADS), pooling: str = "mean",
+    def __init__(self, encoder: BertModel, tasks: tuple[str, ...] = COURSE_TASKS, pooling: str = "mean",
                  pair_encoding: str = "cross", head_dropout: float = 0.1, symmetric_pairs: bool = False) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
         if pair_encoding not in PAIR_ENCODINGS:
             raise ValueError(f"pair_encoding {pair_encoding!r} is not one of {PAIR_ENCODINGS}")
-        unknown = [t for t in tasks if t not in HEADS]
+        unknown = [t for t in tasks if t not in TASKS]
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; choose from {tuple(HEADS)}")
+            raise ValueError(f"unknown task(s) {unknown}; choose from {tuple(TASKS)}")
         self.encoder = encoder
         self.tasks = tuple(tasks)
         self.pooling = pooling
@@ -60,14 +42,14 @@ class MultitaskBert(nn.Module):
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict()
         for task in self.tasks:
-            spec = HEADS[task]
+            spec = TASKS[task]
             features = 4 * hidden if spec.is_pair and pair_encoding == "bi" else hidden
             self.heads[task] = nn.Linear(features, spec.outputs)
             nn.init.normal_(self.heads[task].weight, std=encoder.config.initializer_range)
             nn.init.zeros_(self.heads[task].bias)
 
     def is_bi(self, task: str) -> bool:
-        return HEADS[task].is_pair and self.pair_encoding == "bi"
+        return TASKS[task].is_pair and self.pair_encoding == "bi"
 
     def embed(self, task: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input embeddings, attention mask) for a batch of `task`; for `bi` the two sides stacked."""
@@ -80,7 +62,7 @@ class MultitaskBert(nn.Module):
         return self.encoder.embed(ids, types), mask
 
     def predict_from_embeddings(self, task: str, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Task output from input embeddings: [B, 5] logits (sst), [B] logit (para) or [B] score (sts)."""
+        """Task output from input embeddings: [B, classes] logits (multiclass), else [B] (a logit or a score)."""
         out = self.encoder.encode(embeddings, mask)
         features = self.pool(out, mask)
         if self.is_bi(task):
@@ -89,7 +71,7 @@ class MultitaskBert(nn.Module):
         # fp32 whatever the compute precision: losses and SMART's divergences are taken in fp32.
         logits = self.heads[task](self.dropout(features)).float()
         # Single-output heads return [B], never [B, 1]: a [B, 1] vs [B] loss would broadcast to [B, B].
-        return logits.squeeze(-1) if HEADS[task].outputs == 1 else logits
+        return logits.squeeze(-1) if TASKS[task].outputs == 1 else logits
 
     def pool(self, encoder_out: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
@@ -101,18 +83,6 @@ class MultitaskBert(nn.Module):
 
     def forward(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.predict_from_embeddings(task, *self.embed(task, batch))
-
-
-def task_loss(task: str, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy (sst), BCE with logits (para) or MSE (sts), shapes checked."""
-    kind = HEADS[task].kind
-    if kind == "multiclass":
-        return F.cross_entropy(output.float(), labels.long())
-    if output.shape != labels.shape:
-        raise ValueError(f"{task}: output shape {tuple(output.shape)} != label shape {tuple(labels.shape)}")
-    if kind == "binary":
-        return F.binary_cross_entropy_with_logits(output.float(), labels.float())
-    return F.mse_loss(output.float(), labels.float())
 
 
 def _stack_padded(a: torch.Tensor, b: torch.Tensor, value: int) -> torch.Tensor:

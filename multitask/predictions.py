@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from minbert.atomic import atomic_write_bytes
 from multitask.data import DataError
-
-# Header column per task. "Similiary" is misspelled on purpose: it is what the grader expects.
-PREDICTION_COLUMNS: dict[str, str] = {
-    "sst": "Predicted_Sentiment",
-    "para": "Predicted_Is_Paraphrase",
-    "sts": "Predicted_Similiary",
-}
-SST_CLASSES = 5
-STS_RANGE = (0.0, 5.0)
+from multitask.tasks import TASKS, Task
 
 
 class PredictionFileError(DataError):
@@ -48,35 +39,31 @@ class PredictionFile:
 
 def header_line(task: str) -> str:
     """The first line of a prediction file, newline included: `id \\t {column} \\n`."""
-    return f"id \t {_column(task)} \n"
+    return f"id \t {_task(task).prediction_column} \n"
 
 
 def prediction_path(out_dir: str | Path, task: str, split: str) -> Path:
     """Where the course keeps a task's predictions, e.g. `predictions/sst-dev-output.csv`."""
-    _column(task)
+    _task(task)
     return Path(out_dir) / f"{task}-{split}-output.csv"
 
 
 def format_value(task: str, value: Any) -> str:
-    """A prediction as the grader reads it: an int class for sst and para, a float for sts.
+    """A prediction as the grader reads it: an int class for a classification task, a float for regression.
 
     Raises ValueError for a value the grader would misread or score as out of range; the
     model code is expected to argmax, threshold or clamp before writing.
     """
-    _column(task)
+    spec = _task(task)
     number = value.item() if hasattr(value, "item") else value
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise ValueError(f"{task} prediction {value!r} is not a number")
-    if task == "sts":
+    if spec.kind == "regression":
         number = float(number)
-        low, high = STS_RANGE
-        if not math.isfinite(number) or not low <= number <= high:
-            raise ValueError(f"sts prediction {number!r} is not in [{low:g}, {high:g}]; clamp it first")
-        return str(number)
-    classes = SST_CLASSES if task == "sst" else 2
-    if not float(number).is_integer() or not 0 <= number < classes:
-        raise ValueError(f"{task} prediction {value!r} is not an integer class in 0..{classes - 1}")
-    return str(int(number))
+    problem = spec.check_prediction(number)
+    if problem:
+        raise ValueError(f"{task} prediction {value!r} {problem}")
+    return str(number) if spec.kind == "regression" else str(int(number))
 
 
 def write_predictions(path: str | Path, task: str, ids: Sequence[str], values: Iterable[Any]) -> Path:
@@ -151,10 +138,10 @@ def read_predictions(path: str | Path, task: str | None = None,
     return parsed
 
 
-def _column(task: str) -> str:
-    if task not in PREDICTION_COLUMNS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(PREDICTION_COLUMNS)}")
-    return PREDICTION_COLUMNS[task]
+def _task(task: str) -> Task:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    return TASKS[task]
 
 
 def _id_problem(example_id: Any) -> str | None:
@@ -168,9 +155,10 @@ def _id_problem(example_id: Any) -> str | None:
 
 def _check_header(path: Path, line: str, task: str | None) -> str:
     if task is None:
-        task = next((name for name in PREDICTION_COLUMNS if line == header_line(name)), None)
+        # SST and CFIMDB share a header: the first registered task with it (sst) is taken.
+        task = next((name for name in TASKS if line == header_line(name)), None)
         if task is None:
-            choices = " or ".join(repr(header_line(name)) for name in PREDICTION_COLUMNS)
+            choices = " or ".join(dict.fromkeys(repr(header_line(name)) for name in TASKS))
             raise PredictionFileError(path, 1, f"header {line!r} is none of {choices}")
     elif line != header_line(task):
         raise PredictionFileError(path, 1, f"header {line!r} should be {header_line(task)!r}")
@@ -186,16 +174,18 @@ def _parse_row(path: Path, number: int, line: str, task: str) -> tuple[str, int 
     problem = _id_problem(example_id)
     if problem:
         raise PredictionFileError(path, number, f"id {example_id!r} {problem}")
+    spec = TASKS[task]
     try:
-        if task == "sts":
+        if spec.kind == "regression":
             value: int | float = float(value_text)
-        elif value_text in {str(k) for k in range(SST_CLASSES if task == "sst" else 2)}:
+        elif value_text in {str(k) for k in range(spec.classes)}:
             value = int(value_text)
         else:
             raise ValueError
         format_value(task, value)
     except ValueError:
-        expected = "a float in [0, 5]" if task == "sts" else \
-            f"an integer in 0..{(SST_CLASSES if task == 'sst' else 2) - 1}"
+        low, high = spec.score_range
+        expected = (f"a float in [{low:g}, {high:g}]" if spec.kind == "regression"
+                    else f"an integer in 0..{spec.classes - 1}")
         raise PredictionFileError(path, number, f"value {value_text!r} should be {expected}") from None
     return example_id, value

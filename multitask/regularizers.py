@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from multitask.model import HEADS, MultitaskBert
+from multitask.model import MultitaskBert
+from multitask.tasks import TASKS
 from smart import DropoutReplay, MeanTeacher, bregman_loss, divergence, r3f_loss, smoothness_loss
 
 # The mean teacher (SMART's Bregman target and the weight average that is scored) keeps the
@@ -94,7 +95,7 @@ class Regularizers:
     def __call__(self, model: MultitaskBert, task: str, batch: dict[str, torch.Tensor], embeddings: torch.Tensor,
                  mask: torch.Tensor, output: torch.Tensor, masks: DropoutReplay) -> dict[str, torch.Tensor]:
         """The terms for one step; `masks` replays the dropout masks the clean `output` was computed with."""
-        s, kind = self.settings, HEADS[task].kind
+        s, kind = self.settings, TASKS[task].kind
         terms = {}
         smart_here = runs_on(task, s.smart_tasks)
 

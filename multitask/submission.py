@@ -6,10 +6,11 @@ import zipfile
 from pathlib import Path
 
 from minbert.atomic import atomic_path
-from multitask.data import TASKS
 from multitask.predictions import PredictionFile, PredictionFileError, prediction_path, read_predictions
+from multitask.tasks import COURSE_TASKS, TASKS
 
-PREDICTION_FILES = tuple((task, split) for task in ("sst", "para", "sts") for split in ("dev", "test"))
+# The course grades the three course tasks only; an optional task (CFIMDB) is not submitted.
+PREDICTION_FILES = tuple((task, split) for task in COURSE_TASKS for split in ("dev", "test"))
 # What the grader gets besides the predictions: the code that made them, nothing run-specific.
 CODE = ("minbert", "multitask", "smart", "scripts", "multitask_classifier.py", "requirements.txt", "README.md")
 SKIPPED_SUFFIXES = (".pyc", ".pyo", ".tmp")

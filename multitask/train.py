@@ -22,9 +22,10 @@ from minbert.optimizer import AdamW, is_decayed, warmup_linear_decay
 from minbert.precision import autocast
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
-from multitask.model import MultitaskBert, task_loss
+from multitask.model import MultitaskBert
 from multitask.runtime import show_progress, to_device
 from multitask.schedule import task_order
+from multitask.tasks import TASKS
 from smart import DropoutReplay, MeanTeacher
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class StepLoss(nn.Module):
         # Taken before the clean pass draws its dropout masks, so a regulariser can replay them.
         masks = DropoutReplay(embeddings.device)
         output = self.model.predict_from_embeddings(task, embeddings, mask)
-        terms = {"task": task_loss(task, output, batch["labels"])}
+        terms = {"task": TASKS[task].loss(output, batch["labels"])}
         if self.regularizer is not None:
             terms.update(self.regularizer(self.model, task, batch, embeddings, mask, output, masks))
         return terms

@@ -31,7 +31,7 @@ from minbert.optimizer import AdamW  # noqa: E402
 from minbert.paths import default_checkpoint_dir  # noqa: E402
 from minbert.precision import autocast, resolve_precision  # noqa: E402
 from multitask.batching import compare_padding, encode_task  # noqa: E402
-from multitask.data import CFIMDB, PARA, SST, STS  # noqa: E402
+from multitask.tasks import CFIMDB, PARA, SST, STS  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import RegularizerSettings, Regularizers  # noqa: E402
 from multitask.train import StepLoss  # noqa: E402

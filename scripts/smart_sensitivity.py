@@ -29,8 +29,8 @@ from minbert.atomic import atomic_write_text  # noqa: E402
 from minbert.precision import autocast  # noqa: E402
 from multitask.batching import EncodedTask, encode_task  # noqa: E402
 from multitask.checkpoint import load_checkpoint  # noqa: E402
-from multitask.cli import TASK_DATA  # noqa: E402
-from multitask.model import HEADS, MultitaskBert  # noqa: E402
+from multitask.model import MultitaskBert  # noqa: E402
+from multitask.tasks import COURSE_TASKS, TASKS  # noqa: E402
 from smart import DropoutReplay, divergence, r3f_loss, smoothness_loss  # noqa: E402
 
 EPS_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
@@ -40,7 +40,7 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 def batch_terms(model: MultitaskBert, task: str, batch: dict[str, torch.Tensor], eps_grid: tuple[float, ...],
                 step_ratio: float, sigma_ratio: float, seed: int) -> dict:
     """Every term for one batch, each from the same dropout masks (the stream is reseeded first)."""
-    kind = HEADS[task].kind
+    kind = TASKS[task].kind
     torch.manual_seed(seed)
     embeddings, mask = model.embed(task, batch)
     masks = DropoutReplay(embeddings.device)
@@ -103,7 +103,7 @@ def load_model(checkpoint: Path | None, seed: int) -> tuple[MultitaskBert, Path 
         model, _ = load_checkpoint(checkpoint, unpad_inputs=True)
         return model, checkpoint
     torch.manual_seed(seed)
-    return MultitaskBert(BertModel.from_pretrained(None, unpad_inputs=True), tuple(HEADS)), None
+    return MultitaskBert(BertModel.from_pretrained(None, unpad_inputs=True), COURSE_TASKS), None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(checkpoint)
     datasets = {}
     for task in model.tasks:
-        spec, stem = TASK_DATA[task]
-        examples = spec.read(DATA / f"{stem}-train.csv").examples[: args.examples]
+        spec = TASKS[task]
+        examples = spec.read(spec.file(DATA, "train")).examples[: args.examples]
         datasets[task] = encode_task(examples, tokenizer, spec, model.pair_encoding, 128)
     started = time.perf_counter()
     results = {precision: measure(model, datasets, eps_grid, precision, args.batch_size, args.step_ratio,

@@ -23,7 +23,7 @@ from minbert.atomic import atomic_write_text  # noqa: E402
 from minbert.flags import OneLineErrorParser  # noqa: E402
 from minbert.precision import PRECISION_HELP, PRECISIONS  # noqa: E402
 from multitask.ablation import GridError, GridSettings, RunResult, finished_results, parse_seeds, run_grid  # noqa: E402
-from multitask.ablation_report import (METRICS, format_difference, format_stat, mean_std,  # noqa: E402
+from multitask.ablation_report import (format_difference, format_stat, mean_std, metric_columns,  # noqa: E402
                                        paired_difference, per_seed, time_ratio)
 
 # name: (ε, η, σ) as written on the command line. η = ε and σ = ε/10 keep one ascent step inside
@@ -45,23 +45,24 @@ def point_settings(out_dir: Path, point: str, seeds: list[int], precision: str) 
 
 def markdown(seeds: list[int], rows: dict[str, list[RunResult]]) -> str:
     base = rows[BASELINE]
+    metrics = metric_columns([r for runs in rows.values() for r in runs])
     lines = ["# SMART radius sweep", "",
              f"One epoch on the full training data, full dev sets, seeds {', '.join(map(str, seeds))}; "
              "`python multitask_classifier.py --option finetune --epochs 1 --skip_predictions` plus the flags "
              "shown. Scores: mean ± sample std over the finished seeds. Δ: the point's score minus plain "
              "fine-tuning's with the same seed, averaged over seeds, in points (×100), with a 95% t-interval "
              "once two seeds are in. Time: mean per-seed ratio of training time to plain fine-tuning's.", "",
-             "| point | ε | η | σ | seeds | " + " | ".join(title for _, title in METRICS) + " | "
-             + " | ".join(f"Δ {title}" for _, title in METRICS) + " | time × |",
-             "|---|---|---|---|---|" + "---|" * (2 * len(METRICS)) + "---|"]
+             "| point | ε | η | σ | seeds | " + " | ".join(title for _, title in metrics) + " | "
+             + " | ".join(f"Δ {title}" for _, title in metrics) + " | time × |",
+             "|---|---|---|---|---|" + "---|" * (2 * len(metrics)) + "---|"]
     for point, runs in rows.items():
         eps, step, sigma = POINTS.get(point, ("—", "—", "—"))
-        scores = [format_stat(mean_std([getattr(r, key) for r in runs])) for key, _ in METRICS]
+        scores = [format_stat(mean_std([r.value(key) for r in runs])) for key, _ in metrics]
         if point == BASELINE:
-            deltas, ratio = ["—"] * len(METRICS), "1"
+            deltas, ratio = ["—"] * len(metrics), "1"
         else:
             deltas = [format_difference(paired_difference(per_seed(runs, key), per_seed(base, key)))
-                      for key, _ in METRICS]
+                      for key, _ in metrics]
             mean_ratio = time_ratio(runs, base)
             ratio = "—" if mean_ratio is None else f"{mean_ratio:.2f}"
         seeds_done = ",".join(str(r.seed) for r in runs) or "none yet"
@@ -73,7 +74,9 @@ def markdown(seeds: list[int], rows: dict[str, list[RunResult]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", default="11711,1", help="comma list of seeds, run in this order")
+    p.add_argument("--seeds", default="11711,1",
+                   help="comma list of seeds, run in this order ('1,' is the single seed 1: a lone number N "
+                        "is a count, the course's seed 11711 then 1..N-1)")
     p.add_argument("--points", default=",".join(POINTS), help=f"comma list from {','.join(POINTS)}")
     p.add_argument("--out_dir", type=Path, default=Path("runs/sweep"), help="run directories, one per point")
     p.add_argument("--report", type=Path, default=Path("results/smart_sweep"),

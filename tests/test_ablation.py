@@ -92,7 +92,8 @@ def test_micro_grid_runs_both_configurations_and_writes_json_markdown_png(micro_
         directory = Path(run["run_dir"])
         metrics = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
         assert run["best_epoch"] == 1 and run["dev_mean"] == pytest.approx(metrics[0]["dev_mean"])
-        assert 0 <= run["dev_sst"] <= 1 and 0 <= run["dev_para"] <= 1 and -1 <= run["dev_sts"] <= 1
+        assert list(run["dev"]) == ["sst", "para", "sts"]
+        assert 0 <= run["dev"]["sst"] <= 1 and 0 <= run["dev"]["para"] <= 1 and -1 <= run["dev"]["sts"] <= 1
         assert run["train_seconds"] == pytest.approx(metrics[0]["train_seconds"])
         assert run["wall_seconds"] > 0 and run["reused"] is False
         command = read_json(directory / "done.json")["command"]
@@ -114,7 +115,7 @@ def test_micro_grid_runs_both_configurations_and_writes_json_markdown_png(micro_
     assert "- seeds: 11711" in table
     assert "| config | flags | runs | SST acc | Quora acc | STS r | mean | train time |" in table
     for run in document["runs"]:
-        assert f"| {run['config']} | `{GRID[run['config']].describe()}` | 1 | {run['dev_sst']:.3f} |" in table
+        assert f"| {run['config']} | `{GRID[run['config']].describe()}` | 1 | {run['dev']['sst']:.3f} |" in table
 
     assert paths["png"].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert paths["png"].stat().st_size > 10_000
@@ -312,7 +313,7 @@ def run(config: str, seed: int, sst: float | None, sts: float | None = 0.8, seco
         status: str = "done") -> RunResult:
     if status != "done":
         return RunResult(config, seed, status, "x", error="boom")
-    return RunResult(config, seed, status, "x", best_epoch=1, dev_sst=sst, dev_para=0.8, dev_sts=sts,
+    return RunResult(config, seed, status, "x", best_epoch=1, dev={"sst": sst, "para": 0.8, "sts": sts},
                      dev_mean=0.7, train_seconds=seconds)
 
 

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 from multitask.batching import (BucketBatchSampler, EncodedTask, bucketed_batches, collate,
                                 compare_padding, encode_task, padding_fraction, random_batches,
                                 restore_order, sorted_batches)
-from multitask.data import PARA, SST, STS, PairExample, SentenceExample
+from multitask.data import PairExample, SentenceExample
+from multitask.tasks import PARA, SST, STS
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

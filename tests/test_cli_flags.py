@@ -10,7 +10,7 @@ import torch
 
 from minbert.paths import default_checkpoint_dir
 from multitask.cli import build_parser, main, open_run_state
-from multitask.resume import FORMAT, NEUTRAL_FLAGS, STATE_DIR, STATE_FILE
+from multitask.resume import FORMAT, NEUTRAL_FLAGS, PATH_SUFFIXES, STATE_DIR, STATE_FILE
 from tests.test_pipeline import SEED, data_args, output_args, refused_flags, write_tiny_course_files
 
 BASE = ["--option", "finetune", "--epochs", "2", "--batch_size", "8", "--seed", SEED, "--device", "cpu",
@@ -175,6 +175,9 @@ def flag_changes(tiny_data: dict, tmp_path: Path) -> dict[str, tuple[list[str], 
         for split in ("dev", "test"):
             changes[f"{task}_{split}_out"] = (["--" + f"{task}_{split}_out", str(tmp_path / f"{task}-{split}.csv")],
                                                False)
+    # A registered task that is not trained: its files are never read, so no path of it counts.
+    for flag in ("cfimdb_train", "cfimdb_dev", "cfimdb_test", "cfimdb_dev_out", "cfimdb_test_out"):
+        changes[flag] = ([f"--{flag}", str(tmp_path / f"{flag}.csv")], False)
     return changes
 
 
@@ -208,10 +211,10 @@ def saved_run(tiny_data, tmp_path) -> dict:
 def test_every_flag_is_in_the_table(saved_run):
     dests = {action.dest for action in build_parser()._actions}
     assert dests - NOT_RESUMABLE == {name.split(" ")[0] for name in saved_run["changes"]}
-    # The resume code's neutral flags are the table's, leaving out test files and output paths,
-    # which run_fingerprint drops by their suffix.
+    # The resume code's neutral flags are the table's, leaving out file paths, which run_fingerprint
+    # drops by their suffix (the trained tasks' files count by their hashes instead).
     neutral = {name for name, (_, refused) in saved_run["changes"].items()
-               if not refused and " " not in name and not name.endswith(("_test", "_out"))}
+               if not refused and " " not in name and not name.endswith(PATH_SUFFIXES)}
     assert NEUTRAL_FLAGS - NOT_RESUMABLE == neutral
 
 

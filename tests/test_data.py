@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from multitask.data import (ALL_TASKS, CFIMDB, PARA, SST, STS, TASKS, DataError, PairExample,
-                            SentenceExample, read_cfimdb, read_para, read_sst, read_sts)
+from multitask.data import DataError, PairExample, SentenceExample
+from multitask.tasks import CFIMDB, COURSE_TASKS, PARA, SST, STS, TASKS
+
+read_sst, read_para, read_sts, read_cfimdb = SST.read, PARA.read, STS.read, CFIMDB.read
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -35,7 +37,7 @@ def sst_rows(*rows: tuple[str, str, str]) -> str:
     ("cfimdb", "train", 1707, 0), ("cfimdb", "dev", 245, 0), ("cfimdb", "test", 488, 0),
 ])
 def test_real_files_load_with_expected_counts(task: str, split: str, rows: int, skipped: int) -> None:
-    spec = ALL_TASKS[task]
+    spec = TASKS[task]
     result = spec.read(spec.file(DATA, split), labelled=split != "test")
     assert len(result) == rows
     assert result.skipped == skipped
@@ -82,11 +84,11 @@ def test_quora_test_row_with_empty_sentence_is_kept(caplog: pytest.LogCaptureFix
 
 
 def test_task_registry() -> None:
-    assert list(TASKS) == ["sst", "para", "sts"]
-    assert (SST.kind, SST.num_outputs, SST.is_pair) == ("multiclass", 5, False)
-    assert (PARA.kind, PARA.num_outputs, PARA.is_pair) == ("binary", 1, True)
-    assert (STS.kind, STS.num_outputs, STS.is_pair) == ("regression", 1, True)
-    assert (CFIMDB.kind, CFIMDB.is_pair) == ("binary", False)
+    assert list(TASKS) == ["sst", "para", "sts", "cfimdb"] and COURSE_TASKS == ("sst", "para", "sts")
+    assert (SST.kind, SST.outputs, SST.is_pair) == ("multiclass", 5, False)
+    assert (PARA.kind, PARA.outputs, PARA.is_pair) == ("binary", 1, True)
+    assert (STS.kind, STS.outputs, STS.is_pair) == ("regression", 1, True)
+    assert (CFIMDB.kind, CFIMDB.outputs, CFIMDB.is_pair) == ("binary", 1, False)
     assert SST.file("d", "test") == Path("d/ids-sst-test-student.csv")
     assert PARA.file("d", "dev") == Path("d/quora-dev.csv")
 

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from multitask.data import CFIMDB, PARA, SST, STS, DataError, PairExample, Task
+from multitask.data import DataError, PairExample
+from multitask.tasks import CFIMDB, PARA, SST, STS, Task
 
 SOURCES = {"sst": (SST, "ids-sst-dev.csv"), "para": (PARA, "quora-dev.csv"), "sts": (STS, "sts-dev.csv"),
            "cfimdb": (CFIMDB, "ids-cfimdb-dev.csv")}
@@ -21,7 +22,7 @@ COMMON_BAD_LABELS = ["", " ", "x", "nan", "inf", "1e999"]
 def valid_label(task: Task, label) -> bool:
     if task.kind == "regression":
         return isinstance(label, float) and 0.0 <= label <= 5.0
-    return isinstance(label, int) and 0 <= label < max(task.num_outputs, 2)
+    return isinstance(label, int) and 0 <= label < task.classes
 
 
 def texts(example) -> list[str]:

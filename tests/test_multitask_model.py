@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from minbert import BertConfig, BertModel
-from multitask.evaluate import overall, pearson
-from multitask.model import HEADS, MultitaskBert, task_loss
+from multitask.evaluate import overall
+from multitask.model import MultitaskBert
 from multitask.schedule import task_order
+from multitask.tasks import COURSE_TASKS, TASKS, pearson
 from multitask.train import build_optimizer, warmup_linear_decay
 
 HIDDEN = 32
@@ -82,7 +83,7 @@ def test_forward_is_predict_from_embeddings_of_embed(pooling, pair_encoding):
     model = tiny_model(pooling, pair_encoding)
     batch = make_batch(A_LENGTHS, B_LENGTHS)
     with torch.no_grad():
-        for task in HEADS:
+        for task in COURSE_TASKS:
             embeddings, mask = model.embed(task, batch)
             assert embeddings.shape[:2] == mask.shape
             assert torch.equal(model(task, batch), model.predict_from_embeddings(task, embeddings, mask))
@@ -105,7 +106,7 @@ def test_head_input_width_is_4h_for_bi_pairs_only():
     assert bi.heads["sst"].in_features == HIDDEN
     assert bi.heads["para"].in_features == 4 * HIDDEN
     assert bi.heads["sts"].in_features == 4 * HIDDEN
-    assert all(cross.heads[t].in_features == HIDDEN for t in HEADS)
+    assert all(cross.heads[t].in_features == HIDDEN for t in COURSE_TASKS)
     assert [cross.heads[t].out_features for t in ("sst", "para", "sts")] == [5, 1, 1]
 
 
@@ -161,7 +162,7 @@ def test_mean_pooling_ignores_appended_pads(pair_encoding):
     model = tiny_model("mean", pair_encoding)
     batch = make_batch(A_LENGTHS, B_LENGTHS)
     with torch.no_grad():
-        for task in HEADS:
+        for task in COURSE_TASKS:
             plain, padded = model(task, batch), model(task, append_pads(batch, 6))
             assert torch.allclose(plain, padded, atol=ATOL), (task, (plain - padded).abs().max())
 
@@ -189,28 +190,28 @@ def test_mean_pooling_differs_from_cls_pooling():
 def test_task_loss_rejects_column_vs_vector_instead_of_broadcasting(task):
     labels = torch.tensor([0.0, 1.0, 1.0, 0.0])
     with pytest.raises(ValueError, match="shape"):
-        task_loss(task, torch.zeros(4, 1), labels)
+        TASKS[task].loss(torch.zeros(4, 1), labels)
     with pytest.raises(ValueError, match="shape"):
-        task_loss(task, torch.zeros(4), labels[:, None])
+        TASKS[task].loss(torch.zeros(4), labels[:, None])
 
 
 def test_task_loss_matches_torch_losses_on_correct_shapes():
     generator = torch.Generator().manual_seed(0)
     scores, similarity = torch.randn(6, generator=generator), torch.rand(6, generator=generator) * 5
-    assert torch.allclose(task_loss("sts", scores, similarity), F.mse_loss(scores, similarity))
+    assert torch.allclose(TASKS["sts"].loss(scores, similarity), F.mse_loss(scores, similarity))
     logits, duplicate = torch.randn(6, generator=generator), torch.tensor([0, 1, 1, 0, 1, 0])
-    assert torch.allclose(task_loss("para", logits, duplicate),
+    assert torch.allclose(TASKS["para"].loss(logits, duplicate),
                           F.binary_cross_entropy_with_logits(logits, duplicate.float()))
     class_logits, sentiment = torch.randn(6, 5, generator=generator), torch.tensor([0, 4, 2, 3, 1, 2])
-    assert torch.allclose(task_loss("sst", class_logits, sentiment), F.cross_entropy(class_logits, sentiment))
+    assert torch.allclose(TASKS["sst"].loss(class_logits, sentiment), F.cross_entropy(class_logits, sentiment))
 
 
 def test_model_outputs_fit_task_loss_without_broadcasting():
     model = tiny_model(pair_encoding="bi")
     batch = make_batch(A_LENGTHS, B_LENGTHS)
     labels = {"sst": torch.tensor([0, 4, 2]), "para": torch.tensor([0.0, 1.0, 1.0]), "sts": torch.tensor([0.5, 3.0, 5.0])}
-    for task in HEADS:
-        loss = task_loss(task, model(task, batch), labels[task])
+    for task in COURSE_TASKS:
+        loss = TASKS[task].loss(model(task, batch), labels[task])
         assert loss.shape == () and torch.isfinite(loss)
 
 

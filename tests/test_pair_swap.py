@@ -11,7 +11,8 @@ import torch
 from minbert import BertModel
 from multitask.batching import encode_task, swap_cross_pair
 from multitask.checkpoint import RUN_FILE, load_checkpoint, save_checkpoint
-from multitask.data import PARA, SST, STS, PairExample, SentenceExample
+from multitask.data import PairExample, SentenceExample
+from multitask.tasks import PARA, SST, STS
 from multitask.evaluate import raw_outputs
 from multitask.model import MultitaskBert
 from multitask.train import Trainer, TrainSettings

@@ -203,6 +203,52 @@ def test_same_seed_gives_identical_predictions_and_metrics(finetune_run, finetun
     assert all(torch.equal(heads[key], heads_again[key]) for key in heads)
 
 
+# ------------------------------------------------------------------------------ an optional fourth task
+
+@pytest.fixture(scope="module")
+def cfimdb_run(tiny_data, tmp_path_factory) -> dict:
+    """STS with CFIMDB, the registry's optional task: its files, flags, head, scores and predictions."""
+    directory = tmp_path_factory.mktemp("cfimdb")
+    files = {split: directory / f"ids-cfimdb-{suffix}.csv" for split, suffix in SPLIT_FILES.items()}
+    ids = {split: write_tiny_file(DATA / f"ids-cfimdb-{suffix}.csv", files[split], ROWS[split])
+           for split, suffix in SPLIT_FILES.items()}
+    outputs = {(task, split): directory / "predictions" / f"{task}-{split}.csv"
+               for task in ("sts", "cfimdb") for split in ("dev", "test")}
+    flags = [*(arg for split, path in files.items() for arg in (f"--cfimdb_{split}", str(path))),
+             *(arg for (task, split), path in outputs.items() for arg in (f"--{task}_{split}_out", str(path)))]
+    main(["--option", "finetune", "--tasks", "sts,cfimdb", "--epochs", "1", "--batch_size", "8", "--seed", SEED,
+          "--device", "cpu", *data_args(tiny_data), *flags, "--out_dir", str(directory / "run")])
+    metrics = [json.loads(line) for line in (directory / "run" / "metrics.jsonl").read_text().splitlines()]
+    return {"files": files, "ids": ids, "outputs": outputs, "metrics": metrics, "flags": flags,
+            "best": directory / "run" / "best"}
+
+
+def test_cfimdb_trains_as_a_fourth_task_with_scores_and_predictions(cfimdb_run, tiny_data):
+    [record] = cfimdb_run["metrics"]
+    assert record["train_examples"] == 2 * ROWS["train"] and "loss_cfimdb" in record
+    assert record["dev_mean"] == pytest.approx((record["dev_cfimdb"] + (record["dev_sts"] + 1) / 2) / 2)
+    for split in ("dev", "test"):
+        path = cfimdb_run["outputs"]["cfimdb", split]
+        assert path.read_text(encoding="utf-8").startswith("id \t Predicted_Sentiment \n")
+        assert read_predictions(path, "cfimdb").ids == cfimdb_run["ids"][split]
+    # The dev file, scored with the csv module, gives the logged accuracy.
+    labels = dict(read_column(cfimdb_run["files"]["dev"], "id", "sentiment"))
+    predicted = read_predictions(cfimdb_run["outputs"]["cfimdb", "dev"], "cfimdb").as_dict()
+    accuracy = sum(predicted[key.strip()] == int(value) for key, value in labels.items()) / len(labels)
+    assert record["dev_cfimdb"] == pytest.approx(accuracy, abs=1e-12)
+    heads = load_file(str(cfimdb_run["best"] / "heads.safetensors"))
+    assert heads["cfimdb.weight"].shape[0] == 1 and heads["sts.weight"].shape[0] == 1
+
+
+def test_predict_only_writes_the_optional_task_too(cfimdb_run, tiny_data, tmp_path):
+    flags = [flag.replace(str(cfimdb_run["best"].parent.parent / "predictions"), str(tmp_path))
+             for flag in cfimdb_run["flags"]]
+    main(["--predict_only", "--tasks", "sts,cfimdb", "--checkpoint", str(cfimdb_run["best"]), "--device", "cpu",
+          *data_args(tiny_data), *flags, "--out_dir", str(tmp_path / "unused")])
+    for (task, split), path in cfimdb_run["outputs"].items():
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), (task, split)
+
+
 # ----------------------------------------------------------------------------------------------- pretrain
 
 def test_pretrain_keeps_the_encoder_and_trains_the_heads(pretrain_run, packaged_encoder, tiny_data):

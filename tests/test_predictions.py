@@ -39,8 +39,9 @@ def test_sts_file_bytes_use_python_float_str(tmp_path: Path) -> None:
 
 def test_prediction_path_follows_course_names(tmp_path: Path) -> None:
     assert prediction_path(tmp_path, "sts", "test") == tmp_path / "sts-test-output.csv"
-    with pytest.raises(ValueError, match="unknown task 'cfimdb'"):
-        prediction_path(tmp_path, "cfimdb", "dev")
+    assert prediction_path(tmp_path, "cfimdb", "dev") == tmp_path / "cfimdb-dev-output.csv"
+    with pytest.raises(ValueError, match="unknown task 'imdb'"):
+        prediction_path(tmp_path, "imdb", "dev")
 
 
 def test_atomic_write_creates_parent_and_leaves_no_temp_files(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from multitask.data import TASKS
+from multitask.tasks import TASKS
 from multitask.predictions import write_predictions
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,8 +12,7 @@ from torch import nn
 from minbert import BertModel, load_tokenizer
 from minbert.precision import autocast
 from multitask.batching import encode_task
-from multitask.cli import TASK_DATA
-from multitask.data import SST
+from multitask.tasks import SST
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings, Regularizers
 from multitask.train import StepLoss
@@ -26,7 +25,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def sst_batch() -> dict[str, torch.Tensor]:
     examples = SST.read(DATA / "ids-sst-train.csv").examples[:16]
-    dataset = encode_task(examples, load_tokenizer(None), TASK_DATA["sst"][0], "cross", 64)
+    dataset = encode_task(examples, load_tokenizer(None), SST, "cross", 64)
     return dataset.batch(list(range(len(dataset))))
 
 
