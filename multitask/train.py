@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -16,9 +15,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from minbert.atomic import atomic_write_text
+from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups
 from minbert.memory import release_free_memory
-from minbert.optimizer import AdamW, is_decayed, warmup_linear_decay
+from minbert.optimizer import AdamW, warmup_linear_decay
 from minbert.precision import autocast
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
@@ -37,8 +36,8 @@ RELEASE_MEMORY_EVERY = 5
 PROGRESS_LINES = 10
 
 
-class TrainingAborted(RuntimeError):
-    """Training stopped because too many steps produced non-finite losses."""
+class TrainingAborted(TooManyBadSteps):
+    """Fine-tuning stopped because too many steps produced non-finite losses."""
 
 
 @dataclass
@@ -128,16 +127,7 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head
     weights, and at the encoder's small rate it learns so slowly that the encoder bends its
     features to fit it instead (the feature distortion of Kumar et al. 2022).
     """
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            decayed = is_decayed(name, param)
-            is_head = head_lr is not None and name.startswith("heads.")
-            groups.setdefault((decayed, is_head), []).append(param)
-    return AdamW([{"params": params, "weight_decay": weight_decay if decayed else 0.0,
-                   "lr": head_lr if is_head else lr}
-                  for (decayed, is_head), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
-                 lr=lr)
+    return AdamW(parameter_groups(model, lr, weight_decay, None if head_lr is None else ("heads.", head_lr)), lr=lr)
 
 
 class Trainer:
@@ -179,24 +169,31 @@ class Trainer:
         self.scheduler = warmup_linear_decay(self.optimizer, int(settings.warmup_ratio * self.total_updates),
                                              self.total_updates)
         self.updates = 0
-        self.bad_steps = 0
+        self.guard = NonFiniteGuard(settings.max_bad_steps, TrainingAborted, "--max_bad_steps", log)
         self.best_mean = -math.inf
         self.history: list[EpochRecord] = []
         self.progress: EpochProgress | None = None  # None: at the start of epoch len(history)
 
+    @property
+    def bad_steps(self) -> int:
+        return self.guard.count
+
+    @bad_steps.setter
+    def bad_steps(self, count: int) -> None:
+        self.guard.count = count
+
     def train(self) -> list[EpochRecord]:
         """Train the remaining epochs (all of them, unless `load_state_dict` restored a partial run)."""
-        metrics_file = self.out_dir / "metrics.jsonl"
+        metrics = JsonlWriter(self.out_dir / "metrics.jsonl")
         # A resumed run keeps exactly the lines of the epochs its state has finished: one written
         # after the last saved state is dropped here and written again when its epoch is redone.
         if self.is_main:
-            atomic_write_text(metrics_file, "".join(json.dumps(r.as_json()) + "\n" for r in self.history))
+            metrics.rewrite(r.as_json() for r in self.history)
         for epoch in range(len(self.history), self.settings.epochs):
             record = self.train_epoch(epoch)
             self.history.append(record)
             if self.is_main:
-                with open(metrics_file, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record.as_json()) + "\n")
+                metrics.append(record.as_json())
                 print(format_epoch(record), flush=True)
             if record.dev_mean > self.best_mean:
                 self.best_mean = record.dev_mean
@@ -342,12 +339,7 @@ class Trainer:
         Nothing was backpropagated for it, so gradients of earlier batches in the same
         accumulation group are kept.
         """
-        self.bad_steps += 1
-        values = {k: float(v.detach()) for k, v in terms.items()}
-        log.warning("skipped a %s step with a non-finite loss %s (%d skipped so far)", task, values, self.bad_steps)
-        if self.bad_steps > self.settings.max_bad_steps:
-            raise TrainingAborted(f"{self.bad_steps} steps had non-finite losses (limit --max_bad_steps "
-                                  f"{self.settings.max_bad_steps}); lower --lr or check the data")
+        self.guard.skip(f"{task} step", terms)
 
     def evaluate(self) -> dict[str, float]:
         return {name: score(name, predict(self.eval_model, ds, self.settings.eval_batch_size, self.device,
