@@ -18,6 +18,7 @@ from minbert.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
 from minbert.mlm import BertForMaskedLM
 from minbert.optimizer import AdamW, warmup_linear_decay
 from minbert.precision import autocast
+from minbert.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,13 @@ class MLMPretrainer:
 
     def train(self, metrics_path: str | Path | None = None,
               progress: Callable[[int], ProgressBar] | None = None,
-              report: Callable[[str], None] = print) -> list[dict]:
+              report: Callable[[str], None] = print, progress_lines: float | None = None) -> list[dict]:
         """Run `total` updates with an evaluation at step 0, every `eval_every` steps and at the end.
 
-        Each evaluation becomes a JSON line in `metrics_path` (truncated first) and a printed line.
+        Each evaluation becomes a JSON line in `metrics_path` (truncated first) and a line passed
+        to `report`. `progress` makes a bar for the updates; `progress_lines`, for output where no
+        bar is drawn, is the least number of seconds between two progress lines, also passed to
+        `report` (None: no such lines).
         """
         metrics = JsonlWriter(metrics_path) if metrics_path is not None else None
         if metrics is not None:
@@ -156,10 +160,14 @@ class MLMPretrainer:
         record()
         self.model.train()
         bar = progress(self.total) if progress is not None else None
+        # Its clock includes the evaluations, so its time left does too.
+        lines = ProgressReporter(self.total, self.step, emit=report, interval=progress_lines) \
+            if progress_lines is not None else None
         batches = self.batches()
         while self.step < self.total:
             started = time.perf_counter()
-            loss = self.train_step(next(batches))
+            index = next(batches)
+            loss = self.train_step(index)
             train_seconds += time.perf_counter() - started
             if loss is None:
                 continue
@@ -167,6 +175,9 @@ class MLMPretrainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if lines is not None:
+                lines.add(len(index), {"train loss": loss})
+                lines.advance(self.step)
             if self.step % self.settings.eval_every == 0 or self.step == self.total:
                 record()
         if bar is not None:

@@ -19,6 +19,7 @@ from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter
 from minbert.memory import release_free_memory
 from minbert.optimizer import AdamW, warmup_linear_decay
 from minbert.precision import autocast
+from minbert.progress import DEFAULT_INTERVAL, ProgressReporter
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert, task_loss
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 # Updates between returns of freed heap memory to the OS (minbert.memory): often enough that the
 # heap cannot ratchet up between two, rarely enough that the cost is lost in the step time.
 RELEASE_MEMORY_EVERY = 5
-# Progress lines per epoch when no progress bar is drawn.
-PROGRESS_LINES = 10
 
 
 class TrainingAborted(TooManyBadSteps):
@@ -147,9 +146,11 @@ class Trainer:
                  on_new_best: Callable[[MultitaskBert, EpochRecord], None] | None = None,
                  regularizer: Regularizer | None = None, teacher: MeanTeacher | None = None,
                  evaluate_teacher: bool = False, on_checkpoint: Callable[[Trainer], None] | None = None,
-                 save_every: int = 0) -> None:
+                 save_every: int = 0, progress_interval: float = DEFAULT_INTERVAL) -> None:
         """`on_checkpoint(trainer)` is called every `save_every` updates (0: never mid-epoch) and after
-        each epoch, at a point where the run can be continued exactly from `state_dict()`."""
+        each epoch, at a point where the run can be continued exactly from `state_dict()`.
+        `progress_interval`: the least number of seconds between two progress lines, which replace
+        the bar when it is not drawn (output to a log file, CI)."""
         self.model = model.to(device)
         self.train_sets, self.dev_sets = train_sets, dev_sets
         self.settings, self.device, self.out_dir = settings, device, Path(out_dir)
@@ -159,6 +160,7 @@ class Trainer:
         # The model that is scored and kept: the weight average when there is one to evaluate.
         self.eval_model: MultitaskBert = teacher.model if evaluate_teacher else self.model
         self.on_checkpoint, self.save_every = on_checkpoint, save_every
+        self.progress_interval = progress_interval
         self.loss_terms: nn.Module = StepLoss(self.model, regularizer)
         self.samplers = {name: BucketBatchSampler(ds.lengths(), settings.batch_size, seed=settings.seed)
                          for name, ds in train_sets.items()}
@@ -261,9 +263,11 @@ class Trainer:
         drawn = show_progress()
         bar = tqdm(total=len(plan), initial=progress.step, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
                    disable=not drawn)
-        # Without a bar (output to a log file, CI), a line at every tenth of the epoch instead.
-        line_every = 0 if drawn else max(1, len(plan) // PROGRESS_LINES)
-        first_step, resumed_at = progress.step, time.perf_counter()
+        # Without a bar (output to a log file, CI), lines instead. Counted in steps of this epoch
+        # from where this process starts it: updates per epoch vary with skipped steps, and the
+        # dev evaluation between epochs would distort a time left for the whole run.
+        lines = None if drawn or not self.is_main else ProgressReporter(
+            len(plan), progress.step, emit=log.info, interval=self.progress_interval, eta_of="epoch")
         for step in range(progress.step, len(plan)):
             task, indices, swapped = plan[step]
             bar.update()
@@ -276,9 +280,10 @@ class Trainer:
                 self.skip_step(task, reported)
                 continue
             (loss / self.settings.grad_accum).backward()
-            for name, value in reported.items():
-                key = task if name == "task" else f"{task}_{name}"
-                progress.sums[key] = progress.sums.get(key, 0.0) + value.item()
+            values = {(task if name == "task" else f"{task}_{name}"): value.item()
+                      for name, value in reported.items()}
+            for key, value in values.items():
+                progress.sums[key] = progress.sums.get(key, 0.0) + value
                 progress.counts[key] = progress.counts.get(key, 0) + 1
             progress.examples += len(indices)
             if (step + 1) % self.settings.grad_accum == 0 or step + 1 == len(plan):
@@ -289,11 +294,10 @@ class Trainer:
                     progress.step, progress.seconds = step + 1, time.perf_counter() - start
                     self.checkpoint()
             bar.set_postfix(loss=f"{reported_loss.item():.3f}", refresh=False)
-            if line_every and (step + 1) % line_every == 0 and step + 1 < len(plan):
-                now = time.perf_counter()
-                per_step = (now - resumed_at) / (step + 1 - first_step)
-                log.info("epoch %d/%d: step %d of %d, %.0f s so far, about %.0f s to go", epoch + 1,
-                         self.settings.epochs, step + 1, len(plan), now - start, per_step * (len(plan) - step - 1))
+            if lines is not None:
+                lines.add(len(indices), {f"{key} loss": value for key, value in values.items()})
+                lines.advance(step + 1, f"epoch {epoch + 1}/{self.settings.epochs}, "
+                                        f"update {self.updates}/{self.total_updates}")
         bar.close()
         progress.step, progress.seconds = len(plan), time.perf_counter() - start
         dev_scores = self.evaluate()
