@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from typing import Callable, Mapping
 
 # Often enough that a log never looks stalled, rarely enough that it stays readable.
 DEFAULT_INTERVAL = 30.0
+
+# What `ProgressReporter` writes, as `last_progress` finds it again (in a log, after any prefix).
+LINE = re.compile(r"(?P<where>(?:epoch \d+/\d+, )?update \d+/\d+): .*; (?P<eta>(?:\w+ )?ETA \S+)\s*$")
 
 
 def format_duration(seconds: float) -> str:
@@ -70,3 +75,19 @@ class ProgressReporter:
         self.last_line, self.examples = now, 0
         self.sums, self.counts = {}, {}
         return line
+
+
+def last_progress(text: str) -> str | None:
+    """Position and ETA of the last progress line in a log, e.g. `epoch 1/2, update 400/1850, epoch ETA 9m10s`."""
+    for line in reversed(text.splitlines()):
+        match = LINE.search(line)
+        if match:
+            return f"{match['where']}, {match['eta']}"
+    return None
+
+
+def newest_progress(log_path: str | Path, tail: int = 8192) -> str | None:
+    """`last_progress` of a log file's end: a long run's whole log need not be read for its newest line."""
+    with open(log_path, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - tail))
+        return last_progress(f.read().decode("utf-8", errors="replace"))

@@ -1,12 +1,14 @@
-"""Progress lines for log files: the reporter on a fake clock and the training loop's use of it."""
+"""Progress lines for log files: the reporter on a fake clock, the training loop's use of it, the grid's relay."""
 
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
-from minbert.progress import ProgressReporter, format_duration
+from minbert.progress import ProgressReporter, format_duration, last_progress, newest_progress
+from multitask.ablation import run_logged
 from tests.test_nonfinite_steps import trainer_with
 
 
@@ -54,6 +56,24 @@ def test_a_resumed_stretch_measures_its_rate_from_its_own_units_only():
     assert reporter.advance(60) == "update 60/100: no finished step; examples/s not measured yet; epoch ETA 1m20s"
 
 
+def test_last_progress_finds_the_newest_line_behind_a_log_prefix(tmp_path):
+    log = "\n".join([
+        "$ python multitask_classifier.py --option finetune",
+        "INFO multitask.train: epoch 1/2, update 40/400: sst loss 1.6000; 85.3 examples/s; epoch ETA 4m10s",
+        "INFO multitask.train: epoch 1/2, update 80/400: sst loss 1.5000, para loss 0.6900; 84.0 examples/s; "
+        "epoch ETA 3m20s",
+        "epoch 1: dev sst 0.400  mean 0.500  (96 examples in 12s)",
+        "WARNING multitask.train: skipped a sst step with a non-finite loss {'task': nan} (1 skipped so far)",
+    ])
+    assert last_progress(log) == "epoch 1/2, update 80/400, epoch ETA 3m20s"
+    assert last_progress("update 12/300: train loss 3.2100; 412.0 examples/s; ETA 2m05s\n") == \
+        "update 12/300, ETA 2m05s"
+    assert last_progress("step 0: held-out loss 9.0\nepoch 1/2: nothing else\n") is None
+    path = tmp_path / "train.log"
+    path.write_text("x" * 20000 + "\n" + log + "\n")
+    assert newest_progress(path, tail=4096) == "epoch 1/2, update 80/400, epoch ETA 3m20s"
+
+
 # ------------------------------------------------------------------------------------- in the loops
 
 @pytest.mark.parametrize("drawn,main,expect_lines", [(False, True, True), (True, True, False), (False, False, False)],
@@ -79,3 +99,24 @@ def test_fine_tuning_logs_progress_lines_only_without_a_bar_and_on_rank_0(tmp_pa
     # Round robin: the first three steps are one of each task, each line holding that step's loss.
     assert [line.split(": ")[1].split(";")[0].rsplit(" ", 1)[0] for line in lines[:3]] == [
         "sst loss", "para loss", "sts loss"]
+
+
+def test_the_grid_relays_the_newest_progress_line_of_a_running_subprocess(tmp_path):
+    script = ("import sys, time\n"
+              "print('INFO multitask.train: epoch 1/2, update 1/4: sst loss 1.0000; 8.0 examples/s; "
+              "epoch ETA 3s', flush=True)\n"
+              "time.sleep(1.0)\n"
+              "print('INFO multitask.train: epoch 1/2, update 2/4: sst loss 0.9000; 8.0 examples/s; "
+              "epoch ETA 2s', flush=True)\n"
+              "time.sleep(1.0)\n"
+              "sys.exit(3)\n")
+    said = []
+    log_path = tmp_path / "train.log"
+    command = [sys.executable, "-c", script]
+    assert run_logged(command, log_path, said.append, "[1/2] smart seed 1", every=0.1) == 3
+    assert said == ["[1/2] smart seed 1: epoch 1/2, update 1/4, epoch ETA 3s",
+                    "[1/2] smart seed 1: epoch 1/2, update 2/4, epoch ETA 2s"]
+    # The log as before: the command line, then the output.
+    text = log_path.read_text()
+    assert text.startswith("$ " + " ".join(command) + "\n")
+    assert text.endswith("update 2/4: sst loss 0.9000; 8.0 examples/s; epoch ETA 2s\n")
