@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -14,16 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from minbert.corpus import PackedSequences
+from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups
 from minbert.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
 from minbert.mlm import BertForMaskedLM
-from minbert.optimizer import AdamW, is_decayed, warmup_linear_decay
+from minbert.optimizer import AdamW, warmup_linear_decay
 from minbert.precision import autocast
+from minbert.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
 
-class PretrainingAborted(RuntimeError):
-    """Too many steps produced a non-finite loss."""
+class PretrainingAborted(TooManyBadSteps):
+    """Too many MLM steps produced a non-finite loss."""
 
 
 class ProgressBar(Protocol):
@@ -71,15 +72,6 @@ class PretrainSettings:
         return max(1, math.ceil(self.epochs * math.ceil(rows / self.batch_size)))
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only; biases and LayerNorm weights are not decayed (BERT's recipe)."""
-    decayed, plain = [], []
-    # named_parameters lists the tied decoder/embedding matrix once, so it is updated once.
-    for name, param in model.named_parameters():
-        (decayed if is_decayed(name, param) else plain).append(param)
-    return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-
-
 class MLMPretrainer:
     """Trains a BertForMaskedLM on packed rows, masking each batch afresh (dynamic masking, as RoBERTa)."""
 
@@ -91,11 +83,16 @@ class MLMPretrainer:
         self.model = model.to(self.device)
         self.vocab, self.train_rows, self.held_out, self.settings = vocab, train, held_out, settings
         self.total = settings.total_steps(len(train))
-        self.optimizer = AdamW(parameter_groups(model, settings.weight_decay), lr=settings.lr)
+        # BERT's recipe: matrices are decayed, biases and LayerNorm weights are not.
+        self.optimizer = AdamW(parameter_groups(model, settings.lr, settings.weight_decay), lr=settings.lr)
         self.scheduler = warmup_linear_decay(self.optimizer, int(settings.warmup_ratio * self.total), self.total)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.step = 0
-        self.bad_steps = 0
+        self.guard = NonFiniteGuard(settings.max_bad_steps, PretrainingAborted, logger=log)
+
+    @property
+    def bad_steps(self) -> int:
+        return self.guard.count
 
     def batches(self) -> Iterator[torch.Tensor]:
         """Row indices of each training batch, reshuffled every pass, for as long as asked."""
@@ -134,15 +131,17 @@ class MLMPretrainer:
 
     def train(self, metrics_path: str | Path | None = None,
               progress: Callable[[int], ProgressBar] | None = None,
-              report: Callable[[str], None] = print) -> list[dict]:
+              report: Callable[[str], None] = print, progress_lines: float | None = None) -> list[dict]:
         """Run `total` updates with an evaluation at step 0, every `eval_every` steps and at the end.
 
-        Each evaluation becomes a JSON line in `metrics_path` (truncated first) and a printed line.
+        Each evaluation becomes a JSON line in `metrics_path` (truncated first) and a line passed
+        to `report`. `progress` makes a bar for the updates; `progress_lines`, for output where no
+        bar is drawn, is the least number of seconds between two progress lines, also passed to
+        `report` (None: no such lines).
         """
-        metrics_path = Path(metrics_path) if metrics_path is not None else None
-        if metrics_path is not None:
-            metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            metrics_path.write_text("")
+        metrics = JsonlWriter(metrics_path) if metrics_path is not None else None
+        if metrics is not None:
+            metrics.rewrite()
         history: list[dict] = []
         losses: list[float] = []
         train_seconds = 0.0
@@ -154,18 +153,21 @@ class MLMPretrainer:
                      **self.evaluate(), "train_seconds": round(train_seconds, 1), "skipped_steps": self.bad_steps}
             losses.clear()
             history.append(entry)
-            if metrics_path is not None:
-                with open(metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(entry) + "\n")
+            if metrics is not None:
+                metrics.append(entry)
             report(format_record(entry))
 
         record()
         self.model.train()
         bar = progress(self.total) if progress is not None else None
+        # Its clock includes the evaluations, so its time left does too.
+        lines = ProgressReporter(self.total, self.step, emit=report, interval=progress_lines) \
+            if progress_lines is not None else None
         batches = self.batches()
         while self.step < self.total:
             started = time.perf_counter()
-            loss = self.train_step(next(batches))
+            index = next(batches)
+            loss = self.train_step(index)
             train_seconds += time.perf_counter() - started
             if loss is None:
                 continue
@@ -173,6 +175,9 @@ class MLMPretrainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if lines is not None:
+                lines.add(len(index), {"train loss": loss})
+                lines.advance(self.step)
             if self.step % self.settings.eval_every == 0 or self.step == self.total:
                 record()
         if bar is not None:
@@ -188,10 +193,7 @@ class MLMPretrainer:
         with autocast(self.device, self.settings.precision):
             loss = self.model.loss(inputs, mask, labels)
         if not torch.isfinite(loss):
-            self.bad_steps += 1
-            log.warning("skipped a step with a non-finite loss (%d skipped so far)", self.bad_steps)
-            if self.bad_steps > self.settings.max_bad_steps:
-                raise PretrainingAborted(f"{self.bad_steps} steps had non-finite losses; lower --lr")
+            self.guard.skip("step", {"loss": loss})
             return None
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)

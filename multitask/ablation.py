@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from minbert.atomic import atomic_write_text
+from minbert.progress import newest_progress
 from multitask.resume import STATE_DIR
 from multitask.tasks import TASKS
 
@@ -249,12 +250,33 @@ def last_error_line(log_path: Path) -> str:
     return line[:300]
 
 
-def run_logged(command: list[str], log_path: Path) -> int:
-    """Run a command with its output (and the command line, for rerunning by hand) in `log_path`."""
+def run_logged(command: list[str], log_path: Path, say: Callable[[str], None] | None = None, tag: str = "",
+               every: float = 60.0) -> int:
+    """Run a command with its output (and the command line, for rerunning by hand) in `log_path`.
+
+    While it runs, every `every` seconds `say` gets `<tag>: <position and ETA>` from the newest
+    progress line in the log, when there is a new one: the grid's own output then shows a long
+    run moving (less often than the run's log does, which is enough for a grid).
+    """
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        relayed = None
+        try:
+            while True:
+                try:
+                    return process.wait(timeout=every)
+                except subprocess.TimeoutExpired:
+                    line = newest_progress(log_path) if say is not None else None
+                    if line is not None and line != relayed:
+                        say(f"{tag}: {line}")
+                        relayed = line
+        except BaseException:
+            # As subprocess.run does: an interrupted grid leaves no run behind.
+            process.kill()
+            process.wait()
+            raise
 
 
 def finished_result(settings: GridSettings, config: Configuration, seed: int,
@@ -292,7 +314,7 @@ def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: P
     log_path = directory / "train.log"
     say(f"{tag}: running, log in {log_path}")
     started = time.perf_counter()
-    returncode = run_logged(command, log_path)
+    returncode = run_logged(command, log_path, say, tag)
     wall = time.perf_counter() - started
     records = read_metrics(directory / "metrics.jsonl")
     if returncode != 0 or not complete(records, settings.epochs):
@@ -365,7 +387,7 @@ def prepare_mlm_encoder(settings: GridSettings,
     log_path.parent.mkdir(parents=True, exist_ok=True)
     say(f"MLM encoder: pretraining {settings.mlm_steps} steps into {target}, log in {log_path}")
     started = time.perf_counter()
-    returncode = run_logged(command, log_path)
+    returncode = run_logged(command, log_path, say, "MLM encoder")
     if returncode != 0:
         return None, None, (f"MLM pretraining failed (exit code {returncode}): {last_error_line(log_path)} "
                             f"(log: {log_path})")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -16,10 +15,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from minbert.atomic import atomic_write_text
+from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups
 from minbert.memory import release_free_memory
-from minbert.optimizer import AdamW, is_decayed, warmup_linear_decay
+from minbert.optimizer import AdamW, warmup_linear_decay
 from minbert.precision import autocast
+from minbert.progress import DEFAULT_INTERVAL, ProgressReporter
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert
@@ -34,12 +34,10 @@ log = logging.getLogger(__name__)
 # Updates between returns of freed heap memory to the OS (minbert.memory): often enough that the
 # heap cannot ratchet up between two, rarely enough that the cost is lost in the step time.
 RELEASE_MEMORY_EVERY = 5
-# Progress lines per epoch when no progress bar is drawn.
-PROGRESS_LINES = 10
 
 
-class TrainingAborted(RuntimeError):
-    """Training stopped because too many steps produced non-finite losses."""
+class TrainingAborted(TooManyBadSteps):
+    """Fine-tuning stopped because too many steps produced non-finite losses."""
 
 
 @dataclass
@@ -129,16 +127,7 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head
     weights, and at the encoder's small rate it learns so slowly that the encoder bends its
     features to fit it instead (the feature distortion of Kumar et al. 2022).
     """
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            decayed = is_decayed(name, param)
-            is_head = head_lr is not None and name.startswith("heads.")
-            groups.setdefault((decayed, is_head), []).append(param)
-    return AdamW([{"params": params, "weight_decay": weight_decay if decayed else 0.0,
-                   "lr": head_lr if is_head else lr}
-                  for (decayed, is_head), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
-                 lr=lr)
+    return AdamW(parameter_groups(model, lr, weight_decay, None if head_lr is None else ("heads.", head_lr)), lr=lr)
 
 
 class Trainer:
@@ -158,9 +147,11 @@ class Trainer:
                  on_new_best: Callable[[MultitaskBert, EpochRecord], None] | None = None,
                  regularizer: Regularizer | None = None, teacher: MeanTeacher | None = None,
                  evaluate_teacher: bool = False, on_checkpoint: Callable[[Trainer], None] | None = None,
-                 save_every: int = 0) -> None:
+                 save_every: int = 0, progress_interval: float = DEFAULT_INTERVAL) -> None:
         """`on_checkpoint(trainer)` is called every `save_every` updates (0: never mid-epoch) and after
-        each epoch, at a point where the run can be continued exactly from `state_dict()`."""
+        each epoch, at a point where the run can be continued exactly from `state_dict()`.
+        `progress_interval`: the least number of seconds between two progress lines, which replace
+        the bar when it is not drawn (output to a log file, CI)."""
         self.model = model.to(device)
         self.train_sets, self.dev_sets = train_sets, dev_sets
         self.settings, self.device, self.out_dir = settings, device, Path(out_dir)
@@ -170,6 +161,7 @@ class Trainer:
         # The model that is scored and kept: the weight average when there is one to evaluate.
         self.eval_model: MultitaskBert = teacher.model if evaluate_teacher else self.model
         self.on_checkpoint, self.save_every = on_checkpoint, save_every
+        self.progress_interval = progress_interval
         self.loss_terms: nn.Module = StepLoss(self.model, regularizer)
         self.samplers = {name: BucketBatchSampler(ds.lengths(), settings.batch_size, seed=settings.seed)
                          for name, ds in train_sets.items()}
@@ -180,24 +172,31 @@ class Trainer:
         self.scheduler = warmup_linear_decay(self.optimizer, int(settings.warmup_ratio * self.total_updates),
                                              self.total_updates)
         self.updates = 0
-        self.bad_steps = 0
+        self.guard = NonFiniteGuard(settings.max_bad_steps, TrainingAborted, "--max_bad_steps", log)
         self.best_mean = -math.inf
         self.history: list[EpochRecord] = []
         self.progress: EpochProgress | None = None  # None: at the start of epoch len(history)
 
+    @property
+    def bad_steps(self) -> int:
+        return self.guard.count
+
+    @bad_steps.setter
+    def bad_steps(self, count: int) -> None:
+        self.guard.count = count
+
     def train(self) -> list[EpochRecord]:
         """Train the remaining epochs (all of them, unless `load_state_dict` restored a partial run)."""
-        metrics_file = self.out_dir / "metrics.jsonl"
+        metrics = JsonlWriter(self.out_dir / "metrics.jsonl")
         # A resumed run keeps exactly the lines of the epochs its state has finished: one written
         # after the last saved state is dropped here and written again when its epoch is redone.
         if self.is_main:
-            atomic_write_text(metrics_file, "".join(json.dumps(r.as_json()) + "\n" for r in self.history))
+            metrics.rewrite(r.as_json() for r in self.history)
         for epoch in range(len(self.history), self.settings.epochs):
             record = self.train_epoch(epoch)
             self.history.append(record)
             if self.is_main:
-                with open(metrics_file, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record.as_json()) + "\n")
+                metrics.append(record.as_json())
                 print(format_epoch(record), flush=True)
             if record.dev_mean > self.best_mean:
                 self.best_mean = record.dev_mean
@@ -265,9 +264,11 @@ class Trainer:
         drawn = show_progress()
         bar = tqdm(total=len(plan), initial=progress.step, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
                    disable=not drawn)
-        # Without a bar (output to a log file, CI), a line at every tenth of the epoch instead.
-        line_every = 0 if drawn else max(1, len(plan) // PROGRESS_LINES)
-        first_step, resumed_at = progress.step, time.perf_counter()
+        # Without a bar (output to a log file, CI), lines instead. Counted in steps of this epoch
+        # from where this process starts it: updates per epoch vary with skipped steps, and the
+        # dev evaluation between epochs would distort a time left for the whole run.
+        lines = None if drawn or not self.is_main else ProgressReporter(
+            len(plan), progress.step, emit=log.info, interval=self.progress_interval, eta_of="epoch")
         for step in range(progress.step, len(plan)):
             task, indices, swapped = plan[step]
             bar.update()
@@ -280,9 +281,10 @@ class Trainer:
                 self.skip_step(task, reported)
                 continue
             (loss / self.settings.grad_accum).backward()
-            for name, value in reported.items():
-                key = task if name == "task" else f"{task}_{name}"
-                progress.sums[key] = progress.sums.get(key, 0.0) + value.item()
+            values = {(task if name == "task" else f"{task}_{name}"): value.item()
+                      for name, value in reported.items()}
+            for key, value in values.items():
+                progress.sums[key] = progress.sums.get(key, 0.0) + value
                 progress.counts[key] = progress.counts.get(key, 0) + 1
             progress.examples += len(indices)
             if (step + 1) % self.settings.grad_accum == 0 or step + 1 == len(plan):
@@ -293,11 +295,10 @@ class Trainer:
                     progress.step, progress.seconds = step + 1, time.perf_counter() - start
                     self.checkpoint()
             bar.set_postfix(loss=f"{reported_loss.item():.3f}", refresh=False)
-            if line_every and (step + 1) % line_every == 0 and step + 1 < len(plan):
-                now = time.perf_counter()
-                per_step = (now - resumed_at) / (step + 1 - first_step)
-                log.info("epoch %d/%d: step %d of %d, %.0f s so far, about %.0f s to go", epoch + 1,
-                         self.settings.epochs, step + 1, len(plan), now - start, per_step * (len(plan) - step - 1))
+            if lines is not None:
+                lines.add(len(indices), {f"{key} loss": value for key, value in values.items()})
+                lines.advance(step + 1, f"epoch {epoch + 1}/{self.settings.epochs}, "
+                                        f"update {self.updates}/{self.total_updates}")
         bar.close()
         progress.step, progress.seconds = len(plan), time.perf_counter() - start
         dev_scores = self.evaluate()
@@ -343,12 +344,7 @@ class Trainer:
         Nothing was backpropagated for it, so gradients of earlier batches in the same
         accumulation group are kept.
         """
-        self.bad_steps += 1
-        values = {k: float(v.detach()) for k, v in terms.items()}
-        log.warning("skipped a %s step with a non-finite loss %s (%d skipped so far)", task, values, self.bad_steps)
-        if self.bad_steps > self.settings.max_bad_steps:
-            raise TrainingAborted(f"{self.bad_steps} steps had non-finite losses (limit --max_bad_steps "
-                                  f"{self.settings.max_bad_steps}); lower --lr or check the data")
+        self.guard.skip(f"{task} step", terms)
 
     def evaluate(self) -> dict[str, float]:
         return {name: score(name, predict(self.eval_model, ds, self.settings.eval_batch_size, self.device,

@@ -32,6 +32,7 @@ from minbert.masking import MaskingVocab  # noqa: E402
 from minbert.precision import PRECISION_HELP, PRECISIONS, resolve_precision  # noqa: E402
 from minbert.mlm import BertForMaskedLM  # noqa: E402
 from minbert.pretrain import MLMPretrainer, PretrainingAborted, PretrainSettings  # noqa: E402
+from minbert.progress import DEFAULT_INTERVAL  # noqa: E402
 from multitask.corpus import pretraining_texts, training_files  # noqa: E402
 from multitask.data import DataError  # noqa: E402
 from multitask.runtime import DeviceError, pick_device, seed_everything, show_progress  # noqa: E402
@@ -75,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto takes CUDA when present")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     return p
+
+
+def report(line: str) -> None:
+    """Print above the bar, if any, and flush: redirected to a file, stdout would hold the line back."""
+    tqdm.write(line)
+    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -125,8 +132,10 @@ def run(args: argparse.Namespace) -> list[dict]:
              trainer.total * settings.batch_size / len(train))
 
     metrics = args.out_dir / METRICS_FILE
-    history = trainer.train(metrics, progress=lambda total: tqdm(total=total, desc="mlm", disable=not show_progress()),
-                            report=tqdm.write)
+    # A bar at a terminal; in a log file (or under CI) a progress line now and then instead.
+    drawn = show_progress()
+    history = trainer.train(metrics, progress=(lambda total: tqdm(total=total, desc="mlm")) if drawn else None,
+                            report=report, progress_lines=None if drawn else DEFAULT_INTERVAL)
     with replaced_directory(args.out_dir) as staging:
         model.save_pretrained(staging, tokenizer_from=args.pretrained)
         os.replace(metrics, staging / METRICS_FILE)

@@ -320,7 +320,14 @@ def test_loop_lowers_held_out_loss_and_epochs_set_the_run_length(tokenizer, voca
     settings = PretrainSettings(epochs=5, batch_size=8, lr=1e-2, eval_every=10, whole_word_mask=True)
     trainer = MLMPretrainer(model, vocab, rows, rows, settings)
     assert trainer.total == 5 * -(-len(rows) // 8)
-    history = trainer.train(report=lambda line: None)
+    lines = []
+    history = trainer.train(report=lines.append, progress_lines=0)
     assert history[0]["step"] == 0 and history[-1]["step"] == trainer.total
+    # With no interval, a progress line after every update, between the evaluation lines.
+    progress = [line for line in lines if "ETA" in line]
+    assert len(progress) == trainer.total and len(lines) == trainer.total + len(history)
+    assert progress[0].startswith(f"update 1/{trainer.total}: train loss ")
+    assert progress[-1].startswith(f"update {trainer.total}/{trainer.total}: ") and progress[-1].endswith("; ETA 0s")
+    assert all(" examples/s; ETA " in line for line in progress)
     assert history[-1]["eval_loss"] < history[0]["eval_loss"] - 1.0
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # decayed to zero

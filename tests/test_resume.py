@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import random
 import signal
@@ -97,7 +98,8 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     (True, 2, 7, "fp32"),    # accumulation: 9 steps an epoch, so the last group of each epoch is a single step
     (True, 1, 13, "bf16"),   # the same under bf16 autocast
 ], ids=["smart", "plain-epoch1", "smart-grad-accum", "smart-bf16"])
-def test_interrupted_and_resumed_trainer_is_bit_identical(tmp_path, smart, grad_accum, crash_at_update, precision):
+def test_interrupted_and_resumed_trainer_is_bit_identical(tmp_path, monkeypatch, caplog, smart, grad_accum,
+                                                          crash_at_update, precision):
     reference, _, reference_regs = tiny_trainer(tmp_path / "reference", smart, grad_accum, precision=precision)
     reference_history = reference.train()
 
@@ -116,7 +118,18 @@ def test_interrupted_and_resumed_trainer_is_bit_identical(tmp_path, smart, grad_
     assert state is not None
     run_state.restore(state, resumed, resumed_regs.teacher if resumed_regs else None)
     assert resumed.updates < crash_at_update  # the updates after the last save are redone
-    history = resumed.train()
+    # Output to a log file: the resumed process reports progress lines (every step, at interval 0)
+    # from where it took over.
+    monkeypatch.setattr("multitask.train.show_progress", lambda: False)
+    resumed.progress_interval = 0
+    epoch, updates_before = len(resumed.history), resumed.updates
+    step = resumed.progress.step if resumed.progress is not None and resumed.progress.epoch == epoch else 0
+    with caplog.at_level(logging.INFO, logger="multitask.train"):
+        history = resumed.train()
+    lines = [r.getMessage() for r in caplog.records if " examples/s; epoch ETA " in r.getMessage()]
+    assert len(lines) == resumed.steps_per_epoch * (2 - epoch) - step
+    assert lines[0].startswith(f"epoch {epoch + 1}/2, update {updates_before + (grad_accum == 1)}/")
+    assert lines[-1].startswith(f"epoch 2/2, update {resumed.total_updates}/{resumed.total_updates}: ")
 
     assert comparable(history) == comparable(reference_history)
     assert_same_tensors(resumed.model.state_dict(), reference.model.state_dict())
