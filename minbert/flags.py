@@ -1,13 +1,21 @@
-"""Command-line value checks: argparse types that refuse a bad value with one line naming what is accepted."""
+"""Command-line flags: argparse types that refuse a bad value in one line, and flags generated from dataclasses."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import Field, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # numpy seeds its generator with an unsigned 32-bit integer; torch and Python accept these too.
 MAX_SEED = 2**32 - 1
+
+
+class FlagError(ValueError):
+    """The command line asks for something impossible or contradictory; the message names the flag."""
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -75,3 +83,65 @@ seed = integer(0, MAX_SEED)
 positive = number(0.0, low_open=True)
 non_negative = number(0.0)
 probability = number(0.0, 1.0, high_open=True)  # a dropout rate or a momentum: 1 would stop learning
+
+
+# ------------------------------------------------------------------------- flags generated from dataclasses
+
+def flag(default: Any, help: str, *, type: Callable[[str], Any] | None = None, choices: Sequence[str] | None = None,
+         name: str | None = None, negated: bool = False, convert: Callable[[Any], Any] | None = None) -> Any:
+    """A dataclass field that is also a command-line flag: the one place its default and help are written.
+
+    - `name`: the flag, when it is not `--<field name>` (the namespace then holds the flag's value
+      under the flag's own name, e.g. `no_pair_swap`);
+    - `negated`: a switch that turns the field off (`--no_pair_swap` sets `swap_pairs` to False);
+    - `convert`: turns the flag's value into the field's (e.g. "sst,para" into a tuple); argparse
+      keeps the value as typed, so what a run saves of its flags reads as they were given.
+    A boolean field defaulting to False is a switch (`store_true`).
+    """
+    return field(default=default, metadata={"help": help, "type": type, "choices": choices, "name": name,
+                                            "negated": negated, "convert": convert})
+
+
+def is_flag(item: Field) -> bool:
+    return "help" in item.metadata
+
+
+def flag_name(item: Field) -> str:
+    return item.metadata["name"] or f"--{item.name}"
+
+
+def flag_dest(item: Field) -> str:
+    return flag_name(item)[2:]
+
+
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings: type) -> None:
+    """Add a flag for each `flag(...)` field of the dataclass `settings`, in field order."""
+    for item in fields(settings):
+        if not is_flag(item):
+            continue
+        meta = item.metadata
+        if meta["negated"]:
+            parser.add_argument(flag_name(item), action="store_true", help=meta["help"])
+        elif item.default is False:
+            parser.add_argument(flag_name(item), action="store_true", help=meta["help"])
+        else:
+            parser.add_argument(flag_name(item), default=item.default, type=meta["type"], choices=meta["choices"],
+                                help=meta["help"])
+
+
+def from_flags(settings: type[T], namespace: argparse.Namespace, **overrides: Any) -> T:
+    """The dataclass `settings` built from parsed flags (fields that are no flags keep their defaults)."""
+    values = {}
+    for item in fields(settings):
+        if not is_flag(item) or item.name in overrides:
+            continue
+        value = getattr(namespace, flag_dest(item))
+        if item.metadata["negated"]:
+            value = not value
+        elif item.metadata["convert"] is not None and value is not None:
+            try:
+                value = item.metadata["convert"](value)
+            except ValueError as err:
+                raise FlagError(f"{flag_name(item)}: {err}") from None
+        values[item.name] = value
+    return settings(**values, **overrides)

@@ -147,7 +147,7 @@ def parse_seeds(text: str) -> list[int]:
 def check_extra_args(extra: list[str]) -> None:
     if not extra:
         return
-    from multitask.cli import build_parser  # imports torch: only when there are flags to check
+    from multitask.settings import build_parser  # imports torch: only when there are flags to check
 
     known = [flag for flag in build_parser()._option_string_actions if flag.startswith("--")]
     for arg in extra:

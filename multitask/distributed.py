@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from minbert.weights import save_tensors
 from multitask.batching import EncodedTask, restore_order, sorted_batches
-from multitask.evaluate import batch_outputs, score
+from multitask.evaluate import batch_outputs
 from multitask.model import MultitaskBert
 from multitask.runtime import pick_device, to_device
 from multitask.tasks import TASKS
@@ -207,9 +207,9 @@ class ParallelTrainer(Trainer):
         dist.all_reduce(reported)
         return terms, dict(zip(terms, reported.unbind()))
 
-    def evaluate(self) -> dict[str, float]:
-        return {name: score(name, gathered_predictions(self.eval_model, ds, self.settings.eval_batch_size,
-                                                       self.device, self.env, self.settings.precision), ds.labels)
+    def dev_predictions(self) -> dict[str, torch.Tensor]:
+        return {name: gathered_predictions(self.eval_model, ds, self.settings.eval_batch_size, self.device, self.env,
+                                           self.settings.precision)
                 for name, ds in self.dev_sets.items()}
 
 

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from minbert import BertModel
+from minbert.flags import flag, integer, probability
 from multitask.tasks import COURSE_TASKS, TASKS
 
 POOLINGS = ("cls", "mean")
 PAIR_ENCODINGS = ("cross", "bi")
+# Room for [CLS] a [SEP] b [SEP] with a word piece or two of each sentence.
+MIN_LENGTH = 8
+
+
+@dataclass
+class ModelSettings:
+    """The encoder to start from and how the heads read it; each default here is the command line's."""
+
+    pretrained: Path | None = flag(None, "Hugging Face style BERT directory (default: the packaged all-MiniLM-L6-v2)",
+                                   type=Path)
+    hidden_dropout_prob: float = flag(0.1, "dropout in the encoder and before each head", type=probability)
+    max_length: int = flag(128, "tokens per (joint) input, longer ones truncated", type=integer(MIN_LENGTH))
+    pooling: str = flag("mean", "sentence vector: mean of the last layer over real tokens, or the [CLS] pooler "
+                                "output", choices=POOLINGS)
+    pair_encoding: str = flag("cross", "pairs as one input [CLS] a [SEP] b [SEP] (cross), or each sentence alone "
+                                       "with features [u, v, |u-v|, u*v] (bi)", choices=PAIR_ENCODINGS)
 
 
 class MultitaskBert(nn.Module):

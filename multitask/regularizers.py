@@ -1,4 +1,4 @@
-"""SMART and R3F wired into multitask training: settings from the CLI, loss terms per step."""
+"""SMART, R3F and R-Drop wired into multitask training: their settings (and flags), loss terms per step."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
+from minbert.flags import flag, non_negative, positive, positive_int, probability
 from multitask.model import MultitaskBert
-from multitask.tasks import TASKS
+from multitask.tasks import TASKS, parse_task_names
 from smart import DropoutReplay, MeanTeacher, bregman_loss, divergence, r3f_loss, smoothness_loss
 
 # The mean teacher (SMART's Bregman target and the weight average that is scored) keeps the
 # paper's β schedule, capped so that its time constant is at most a quarter of the run. The cap
-# binds in runs under 4,000 updates (the default full run has 3,700: β ≤ 0.99892 there), where
-# β = 0.999 would leave the average lagging far behind the trained weights.
+# binds in runs under 4,000 updates, where β = 0.999 would leave the average lagging far behind
+# the trained weights.
 TEACHER_WINDOW_FRACTION = 0.25
 
 
@@ -27,39 +28,60 @@ DROPOUT_MODES = ("shared", "independent")
 
 @dataclass
 class RegularizerSettings:
-    """Which regularisers run and their weights.
+    """Which regularisers run, their weights and radii; each default here is the command line's.
 
-    SMART's radius and step are calibrated for δ added after the embedding LayerNorm (README,
-    "SMART"); the paper's own values are ε = σ = 1e-5, η = 1e-3.
+    SMART's radius and step are calibrated for δ added after the embedding LayerNorm (the ε sweep,
+    results/smart_sweep.md); the paper's own values are ε = σ = 1e-5, η = 1e-3.
     """
 
-    adversarial: bool = False
-    bregman: bool = False
-    r3f: bool = False
-    rdrop: bool = False
-    smart_lambda: float = 1.0
-    smart_eps: float = 1e-1
-    smart_sigma: float = 1e-2
-    smart_step_size: float = 1e-1
-    smart_steps: int = 1
-    # "shared": the perturbed passes of SMART and R3F reuse the clean pass's dropout masks, so the
-    # term measures what δ changes; "independent": each pass draws its own (the mt-dnn code).
-    smart_dropout: str = "shared"
-    bregman_mu: float = 1.0
-    bregman_beta: float | None = None  # None: 0.99 for the first 10% of updates, then 0.999
-    r3f_noise: str = "normal"
-    r3f_eps: float = 0.5
-    r3f_lambda: float = 1.0
-    rdrop_alpha: float = 1.0
-    # The tasks whose steps get each term; None: every task. A small task that overfits (SST)
-    # can be regularised without paying the extra passes on the large ones.
-    smart_tasks: tuple[str, ...] | None = None
-    r3f_tasks: tuple[str, ...] | None = None
-    rdrop_tasks: tuple[str, ...] | None = None
+    smart: bool = flag(False, "SMART: the adversarial smoothness term and the Bregman proximal point (mean teacher)")
+    no_adversarial: bool = flag(False, "with --smart: drop the adversarial term")
+    no_bregman: bool = flag(False, "with --smart: drop the mean-teacher term")
+    smart_lambda: float = flag(1.0, "weight λ_s of the adversarial term", type=non_negative)
+    smart_eps: float = flag(1e-1, "ℓ∞ radius ε of δ, added after the embedding LayerNorm (entries of order 1); "
+                                  "the paper's setting is 1e-5", type=positive)
+    smart_sigma: float = flag(1e-2, "std σ of δ's starting noise (the paper's setting: 1e-5)", type=non_negative)
+    smart_step_size: float = flag(1e-1, "ascent step η (the paper's setting: 1e-3)", type=positive)
+    smart_steps: int = flag(1, "ascent steps T", type=positive_int)
+    smart_dropout: str = flag(
+        "shared", "dropout masks of the perturbed passes of --smart and --r3f: shared with the clean pass (the "
+                  "function the paper's formula compares at x and x+δ), or independent (fresh masks per pass, as "
+                  "the mt-dnn code)", choices=DROPOUT_MODES)
+    bregman_mu: float = flag(1.0, "weight μ of the mean-teacher term", type=non_negative)
+    bregman_beta: float | None = flag(
+        None, "constant momentum β of the mean teacher, which is also the weight average (default: 0.99 for the "
+              "first 10%% of updates, then 0.999, capped at 1 - 4/updates in runs under 4,000 updates)",
+        type=probability)
+    smart_tasks: tuple[str, ...] | None = flag(
+        None, "comma-separated tasks whose steps get the --smart terms (default: every task)", convert=parse_task_names)
+    r3f: bool = flag(False, "R3F: the smoothness term at random δ, no ascent step (not with SMART's adversarial term)")
+    r3f_tasks: tuple[str, ...] | None = flag(
+        None, "comma-separated tasks whose steps get the --r3f term (default: every task)", convert=parse_task_names)
+    r3f_noise: str = flag("normal", "distribution of R3F's δ", choices=("normal", "uniform"))
+    r3f_eps: float = flag(0.5, "noise scale: std (normal) or half-width (uniform), same place as --smart_eps",
+                          type=positive)
+    r3f_lambda: float = flag(1.0, "weight of the R3F term", type=non_negative)
+    rdrop: bool = flag(False, "R-Drop: the divergence between two forward passes with independent dropout masks")
+    rdrop_alpha: float = flag(1.0, "weight α of the R-Drop term", type=non_negative)
+    rdrop_tasks: tuple[str, ...] | None = flag(
+        None, "comma-separated tasks whose steps get the --rdrop term (default: every task)", convert=parse_task_names)
 
     def __post_init__(self) -> None:
         if self.smart_dropout not in DROPOUT_MODES:
             raise ValueError(f"smart_dropout must be one of {DROPOUT_MODES}, got {self.smart_dropout!r}")
+
+    @property
+    def adversarial(self) -> bool:
+        return self.smart and not self.no_adversarial
+
+    @property
+    def bregman(self) -> bool:
+        return self.smart and not self.no_bregman
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the Bregman term runs, and so needs the run's weight average."""
+        return self.bregman and self.bregman_mu != 0
 
     @property
     def any(self) -> bool:
@@ -84,13 +106,16 @@ class Regularizers:
     numbers and the run stays bit-identical to plain fine-tuning.
     """
 
-    def __init__(self, model: MultitaskBert, settings: RegularizerSettings) -> None:
+    def __init__(self, settings: RegularizerSettings, teacher: MeanTeacher | None = None) -> None:
+        """`teacher`: the run's weight average, which the Bregman term pulls towards (needed only with it)."""
         self.settings = settings
-        self.teacher = mean_teacher(model, settings.bregman_beta) if self.uses_teacher else None
+        if self.uses_teacher and teacher is None:
+            raise ValueError("the Bregman term needs the run's weight average as its teacher")
+        self.teacher = teacher if self.uses_teacher else None
 
     @property
     def uses_teacher(self) -> bool:
-        return self.settings.bregman and self.settings.bregman_mu != 0
+        return self.settings.uses_teacher
 
     def __call__(self, model: MultitaskBert, task: str, batch: dict[str, torch.Tensor], embeddings: torch.Tensor,
                  mask: torch.Tensor, output: torch.Tensor, masks: DropoutReplay) -> dict[str, torch.Tensor]:

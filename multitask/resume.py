@@ -27,7 +27,7 @@ FORMAT = 1
 # the state is saved or when to give up: changing them between an interrupted run and its
 # resumption leaves every number the run produces as it was.
 NEUTRAL_FLAGS = frozenset({"resume", "save_every", "out_dir", "checkpoint", "predict_only", "max_bad_steps",
-                           "use_gpu", "device", "skip_predictions"})
+                           "use_gpu", "device", "skip_predictions", "keep_resume"})
 # Path flags that are not fingerprinted by path: outputs and test files are only used after training,
 # training and dev files count by content (their hashes).
 PATH_SUFFIXES = ("_out", "_test", "_train", "_dev")

@@ -15,16 +15,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from minbert.flags import flag, non_negative, non_negative_int, positive, positive_int
+from minbert.flags import seed as seed_type
 from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups
 from minbert.memory import release_free_memory
 from minbert.optimizer import AdamW, warmup_linear_decay
-from minbert.precision import autocast
+from minbert.precision import PRECISION_HELP, PRECISIONS, autocast
 from minbert.progress import DEFAULT_INTERVAL, ProgressReporter
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert
 from multitask.runtime import show_progress, to_device
-from multitask.schedule import task_order
+from multitask.schedule import SCHEDULES, task_order
 from multitask.tasks import TASKS
 from smart import DropoutReplay, MeanTeacher
 
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 # Updates between returns of freed heap memory to the OS (minbert.memory): often enough that the
 # heap cannot ratchet up between two, rarely enough that the cost is lost in the step time.
 RELEASE_MEMORY_EVERY = 5
+# --lr by --option: heads alone on a frozen encoder take a larger step than a whole model.
+DEFAULT_LR = {"pretrain": 1e-3, "finetune": 5e-5}
 
 
 class TrainingAborted(TooManyBadSteps):
@@ -42,22 +46,32 @@ class TrainingAborted(TooManyBadSteps):
 
 @dataclass
 class TrainSettings:
-    """Optimisation settings of one run (defaults are the finetune recipe measured in the README)."""
+    """Optimisation settings of one run; each default here is the command line's (`flag` fields).
 
-    epochs: int = 4
-    lr: float = 5e-5
-    head_lr: float | None = None  # None: the heads train at `lr` like the encoder
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    grad_accum: int = 1
-    weight_decay: float = 0.01
+    `lr` None and `precision` "auto" are resolved by the caller (multitask/cli.py) before a
+    Trainer sees them.
+    """
+
+    epochs: int = flag(4, "passes over the training data", type=positive_int)
+    lr: float | None = flag(None, f"learning rate (default: {DEFAULT_LR['pretrain']:g} with --option pretrain, "
+                                  f"{DEFAULT_LR['finetune']:g} with --option finetune)", type=positive)
+    head_lr: float | None = flag(None, "learning rate of the task heads (default: --lr)", type=positive)
+    batch_size: int = flag(32, "examples per step in each process", type=positive_int)
+    global_batch_size: int | None = flag(
+        None, "examples per step over all torchrun processes, split evenly between them "
+              "(default: --batch_size × processes)", type=positive_int)
+    eval_batch_size: int = flag(128, "examples per batch when scoring dev and writing predictions", type=positive_int)
+    grad_accum: int = flag(1, "steps whose gradients are summed into one update", type=positive_int)
+    weight_decay: float = flag(0.01, "AdamW weight decay (not on biases and LayerNorm weights)", type=non_negative)
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    schedule: str = "round_robin"
-    swap_pairs: bool = True  # show each training pair in a random sentence order
-    seed: int = 0
-    max_bad_steps: int = 20
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast; weights and optimiser state stay fp32)
+    schedule: str = flag("round_robin", "order of the tasks' batches within an epoch", choices=SCHEDULES)
+    swap_pairs: bool = flag(True, "keep each pair's sentences in the order read; by default a training pair is "
+                                  "shown in a random order and a pair's prediction averages both orders",
+                            name="--no_pair_swap", negated=True)
+    seed: int = flag(11711, "seed of everything random: data order, heads, dropout", type=seed_type)
+    max_bad_steps: int = flag(20, "abort after this many non-finite losses", type=non_negative_int)
+    precision: str = flag("auto", PRECISION_HELP, choices=PRECISIONS)
 
 
 # A regulariser adds named loss terms for one step:
@@ -152,6 +166,9 @@ class Trainer:
         each epoch, at a point where the run can be continued exactly from `state_dict()`.
         `progress_interval`: the least number of seconds between two progress lines, which replace
         the bar when it is not drawn (output to a log file, CI)."""
+        if settings.lr is None or settings.precision not in ("fp32", "bf16"):
+            raise ValueError(f"resolve lr ({settings.lr}) and precision ({settings.precision!r}) before training: "
+                             "multitask.cli.resolved_train_settings does")
         self.model = model.to(device)
         self.train_sets, self.dev_sets = train_sets, dev_sets
         self.settings, self.device, self.out_dir = settings, device, Path(out_dir)
@@ -176,6 +193,10 @@ class Trainer:
         self.best_mean = -math.inf
         self.history: list[EpochRecord] = []
         self.progress: EpochProgress | None = None  # None: at the start of epoch len(history)
+        self.last_dev_predictions: dict[str, torch.Tensor] = {}
+        # The kept epoch's dev predictions by id, when this process scored it (not kept by --resume):
+        # the prediction files reuse them instead of scoring dev a second time.
+        self.best_dev_predictions: dict[str, dict[str, int | float]] = {}
 
     @property
     def bad_steps(self) -> int:
@@ -200,6 +221,8 @@ class Trainer:
                 print(format_epoch(record), flush=True)
             if record.dev_mean > self.best_mean:
                 self.best_mean = record.dev_mean
+                self.best_dev_predictions = {name: dict(zip(self.dev_sets[name].ids, values.tolist()))
+                                             for name, values in self.last_dev_predictions.items()}
                 if self.on_new_best is not None:
                     self.on_new_best(self.eval_model, record)
             self.progress = None
@@ -347,8 +370,13 @@ class Trainer:
         self.guard.skip(f"{task} step", terms)
 
     def evaluate(self) -> dict[str, float]:
-        return {name: score(name, predict(self.eval_model, ds, self.settings.eval_batch_size, self.device,
-                                          self.settings.precision), ds.labels)
+        """Each dev set's score; the predictions scored stay in `last_dev_predictions`."""
+        self.last_dev_predictions = self.dev_predictions()
+        return {name: score(name, values, self.dev_sets[name].labels)
+                for name, values in self.last_dev_predictions.items()}
+
+    def dev_predictions(self) -> dict[str, torch.Tensor]:
+        return {name: predict(self.eval_model, ds, self.settings.eval_batch_size, self.device, self.settings.precision)
                 for name, ds in self.dev_sets.items()}
 
 

@@ -33,7 +33,7 @@ from minbert.precision import autocast, resolve_precision  # noqa: E402
 from multitask.batching import compare_padding, encode_task  # noqa: E402
 from multitask.tasks import CFIMDB, PARA, SST, STS  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
-from multitask.regularizers import RegularizerSettings, Regularizers  # noqa: E402
+from multitask.regularizers import RegularizerSettings, Regularizers, mean_teacher  # noqa: E402
 from multitask.train import StepLoss  # noqa: E402
 from smart import MeanTeacher  # noqa: E402
 
@@ -179,7 +179,7 @@ def encoder_table(tokenizer, lengths, reps, include_eager, peaks: dict[str, floa
 # Each regularised method as (regulariser settings or None, whether a weight average is kept
 # beside it). SMART's Bregman teacher is itself the weight average, as in training.
 REGULARISED = {"plain": (None, False), "plain+ema": (None, True),
-               "smart": (RegularizerSettings(adversarial=True, bregman=True), False),
+               "smart": (RegularizerSettings(smart=True), False),
                "r3f": (RegularizerSettings(r3f=True), False),
                "rdrop": (RegularizerSettings(rdrop=True), False)}
 # The regularised steps run at the precision training picks on this machine.
@@ -197,8 +197,8 @@ def regularised_step(method: str, batch: dict[str, torch.Tensor]):
     settings, keeps_average = REGULARISED[method]
     torch.manual_seed(0)
     model = MultitaskBert(BertModel.from_pretrained(unpad_inputs=True), ("sst",))
-    regs = Regularizers(model, settings) if settings else None
-    teacher = regs.teacher if regs is not None else (MeanTeacher(model) if keeps_average else None)
+    teacher = mean_teacher(model, None) if keeps_average or (settings and settings.uses_teacher) else None
+    regs = Regularizers(settings, teacher) if settings else None
     optimizer = AdamW(model.parameters(), lr=5e-5)
     loss_terms = StepLoss(model, regs)
 

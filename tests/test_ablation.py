@@ -17,7 +17,7 @@ from minbert import BertModel
 from multitask.ablation import (GRID, GridError, GridSettings, RunResult, build_command, check_extra_args,
                                 finished_marker, finished_results, parse_configs, parse_seeds, run_signature)
 from multitask.ablation_report import aggregate, format_difference, format_stat, markdown, mean_std, report_paths
-from multitask.cli import build_parser
+from multitask.settings import build_parser
 from multitask.predictions import read_predictions
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from minbert.paths import default_checkpoint_dir
-from multitask.cli import build_parser, main, open_run_state
+from multitask.cli import main, open_run_state
+from multitask.settings import build_parser, parse
 from multitask.resume import FORMAT, NEUTRAL_FLAGS, PATH_SUFFIXES, STATE_DIR, STATE_FILE
 from tests.test_pipeline import SEED, data_args, output_args, refused_flags, write_tiny_course_files
 
@@ -164,6 +166,7 @@ def flag_changes(tiny_data: dict, tmp_path: Path) -> dict[str, tuple[list[str], 
         "max_bad_steps": (["--max_bad_steps", "3"], False),
         "checkpoint": (["--checkpoint", str(tmp_path / "elsewhere")], False),
         "skip_predictions": (["--skip_predictions"], False),
+        "keep_resume": (["--keep_resume"], False),
         "device": (["--device", "auto"], False),  # still the CPU here: the device type is what counts
         "resume": ([], False),  # every command here has it
     }
@@ -199,8 +202,9 @@ def saved_run(tiny_data, tmp_path) -> dict:
         if item.is_file():
             (tmp_path / "pretrained" / item.name).symlink_to(item)
     argv = [*BASE, *data_args(tiny_data), "--out_dir", str(out_dir), "--resume"]
-    args = build_parser().parse_args(argv)
-    run_state, _ = open_run_state(args, ("sst", "para", "sts"), torch.device("cpu"), 5e-5, "fp32")
+    settings = parse(argv)
+    train = dataclasses.replace(settings.train, lr=5e-5, precision="fp32")
+    run_state, _ = open_run_state(settings, train, torch.device("cpu"))
     run_state.directory.mkdir(parents=True)
     torch.save({"format": FORMAT, "serial": 1, "weights": "weights-000001.safetensors",
                 "fingerprint": json.dumps(run_state.fingerprint, sort_keys=True), "has_teacher": True,

@@ -28,7 +28,7 @@ def trainer_with(regularizer, tmp_path, max_bad_steps: int = 20) -> Trainer:
     model = MultitaskBert(BertModel(TINY))
     tasks = tiny_tasks()
     return Trainer(model, tasks, tasks, TrainSettings(epochs=1, batch_size=8, lr=1e-3, seed=0,
-                                                      max_bad_steps=max_bad_steps),
+                                                      max_bad_steps=max_bad_steps, precision="fp32"),
                    torch.device("cpu"), tmp_path, regularizer=regularizer)
 
 

@@ -101,7 +101,7 @@ def test_epoch_plan_swaps_about_half_of_the_pairs_and_no_single_sentence(tmp_pat
     model = MultitaskBert(BertModel(dataclasses.replace(TINY, vocab_size=30522, max_position_embeddings=128)))
 
     def plan(swap_pairs: bool, epoch: int = 0):
-        settings = TrainSettings(epochs=2, batch_size=4, seed=3, swap_pairs=swap_pairs)
+        settings = TrainSettings(epochs=2, batch_size=4, lr=5e-5, seed=3, swap_pairs=swap_pairs, precision="fp32")
         return Trainer(model, tasks, tasks, settings, torch.device("cpu"), tmp_path).epoch_plan(epoch)
 
     swapped = plan(True)

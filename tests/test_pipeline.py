@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from minbert import BertModel
 from minbert.precision import resolve_precision
-from multitask.cli import build_parser, check_regularizer_flags, main, regularizer_settings
+from multitask.cli import check_regularizer_flags, main
+from multitask.settings import parse
 from multitask.predictions import read_predictions
 from tests.conftest import read_column
 
@@ -167,6 +168,8 @@ def test_finetune_saves_the_best_checkpoint(finetune_run, packaged_encoder):
         assert (best / name).is_file(), name
     for leftover in ("best.partial", "best.old"):
         assert not (finetune_run["out_dir"] / leftover).exists()
+    # The resume state is removed once the run has finished (--keep_resume keeps it).
+    assert not (finetune_run["out_dir"] / "resume").exists()
     run = json.loads((best / "run.json").read_text())
     assert run["tasks"] == ["sst", "para", "sts"]
     # The precision that ran, not the flag's "auto".
@@ -341,8 +344,7 @@ def test_contradictory_regulariser_flags_exit_naming_both(tiny_data, tmp_path, c
 
 
 def test_r3f_with_the_mean_teacher_alone_is_allowed():
-    args = build_parser().parse_args(["--option", "finetune", "--smart", "--no_adversarial", "--r3f",
-                                      "--r3f_tasks", "sst"])
-    check_regularizer_flags(args, ("sst", "para", "sts"))
-    settings = regularizer_settings(args)
+    parsed = parse(["--option", "finetune", "--smart", "--no_adversarial", "--r3f", "--r3f_tasks", "sst"])
+    check_regularizer_flags(parsed.regularizers, parsed.run)
+    settings = parsed.regularizers
     assert (settings.adversarial, settings.bregman, settings.r3f, settings.r3f_tasks) == (False, True, True, ("sst",))

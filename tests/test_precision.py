@@ -8,7 +8,7 @@ import torch
 from minbert import BertModel, load_tokenizer, precision
 from minbert.precision import autocast, resolve_precision
 from multitask.model import MultitaskBert
-from multitask.regularizers import RegularizerSettings, Regularizers
+from multitask.regularizers import RegularizerSettings, Regularizers, mean_teacher
 from multitask.train import Trainer, TrainSettings
 from tests.conftest import read_column
 from tests.test_smart_training import TINY, tiny_tasks
@@ -51,10 +51,11 @@ def test_unknown_precision_is_refused():
 def test_bf16_training_keeps_fp32_weights_optimiser_state_and_teacher(tmp_path):
     torch.manual_seed(0)
     model = MultitaskBert(BertModel(TINY))
-    regularizers = Regularizers(model, RegularizerSettings(adversarial=True, bregman=True, rdrop=True))
+    teacher = mean_teacher(model, None)
+    regularizers = Regularizers(RegularizerSettings(smart=True, rdrop=True), teacher)
     tasks = tiny_tasks()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = Trainer(model, tasks, tasks, TrainSettings(epochs=1, batch_size=8, lr=1e-3, precision="bf16"),
+    trainer = Trainer(model, tasks, tasks, TrainSettings(epochs=1, batch_size=8, lr=1e-3, seed=0, precision="bf16"),
                       CPU, tmp_path, regularizer=regularizers, teacher=regularizers.teacher)
     history = trainer.train()
     assert all(torch.isfinite(torch.tensor(list(r.train_losses.values()))).all() for r in history)

@@ -22,7 +22,7 @@ from minbert import BertModel, CheckpointError
 from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.cli import main
 from multitask.model import MultitaskBert
-from multitask.regularizers import RegularizerSettings, Regularizers
+from multitask.regularizers import RegularizerSettings, Regularizers, mean_teacher
 from multitask.resume import STATE_FILE, RunState
 from multitask.train import Trainer, TrainSettings
 from tests.test_checkpoint_errors import live_payload
@@ -58,8 +58,8 @@ def tiny_trainer(out_dir: Path, smart: bool, grad_accum: int = 1, crash_at_updat
     random.seed(init_seed)
     np.random.seed(init_seed)
     model = MultitaskBert(BertModel(TINY))
-    regularizers = Regularizers(model, RegularizerSettings(adversarial=True, bregman=True)) if smart else None
-    teacher = regularizers.teacher if regularizers else None
+    teacher = mean_teacher(model, None) if smart else None
+    regularizers = Regularizers(RegularizerSettings(smart=True), teacher) if smart else None
     run_state = RunState(out_dir / "resume", FINGERPRINT)
 
     class CrashingTrainer(Trainer):
@@ -329,7 +329,7 @@ def finish(process: subprocess.Popen) -> str:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_sigkilled_run_resumes_to_byte_identical_predictions_and_scores(tiny_files, tmp_path, precision):
     reference_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    finish(start_run(tiny_files, reference_dir, "--save_every", "0", "--precision", precision))
+    finish(start_run(tiny_files, reference_dir, "--save_every", "0", "--keep_resume", "--precision", precision))
 
     # Started with --resume too: with nothing saved yet it must say so and start fresh.
     marker = tmp_path / "blocked"
@@ -352,7 +352,8 @@ def test_sigkilled_run_resumes_to_byte_identical_predictions_and_scores(tiny_fil
     assert len(metrics_lines(run_dir)) == 1
 
     # A different --save_every does not change results, so it may differ on resumption.
-    resumed_log = finish(start_run(tiny_files, run_dir, "--save_every", "3", "--resume",
+    # --keep_resume: the refusals below need the finished run's state.
+    resumed_log = finish(start_run(tiny_files, run_dir, "--save_every", "3", "--resume", "--keep_resume",
                                    "--precision", precision))[len(first_log):]
     assert f"resuming the run in {run_dir} at epoch 2, step 4" in resumed_log
 

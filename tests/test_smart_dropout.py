@@ -39,13 +39,13 @@ def step_terms(model: MultitaskBert, batch: dict, precision: str = "fp32", seed:
                **settings) -> dict[str, float]:
     """The loss terms of one training step (dropout on), from a fixed random stream."""
     torch.manual_seed(seed)
-    loss = StepLoss(model, Regularizers(model, RegularizerSettings(**settings)))
+    loss = StepLoss(model, Regularizers(RegularizerSettings(**settings)))
     with torch.no_grad(), autocast(CPU, precision):
         return {name: value.item() for name, value in loss("sst", batch).items()}
 
 
 def adversarial(model, batch, eps: float, dropout: str = "shared", precision: str = "fp32") -> float:
-    return step_terms(model, batch, precision, adversarial=True, smart_eps=eps, smart_step_size=eps,
+    return step_terms(model, batch, precision, smart=True, no_bregman=True, smart_eps=eps, smart_step_size=eps,
                       smart_sigma=eps / 10, smart_dropout=dropout)["adversarial"]
 
 
@@ -99,7 +99,7 @@ def test_clean_ascent_and_final_passes_draw_the_same_masks_only_when_shared(mode
                                                                             dropout):
     recorder = MaskRecorder(model)
     try:
-        step_terms(model, sst_batch, adversarial=term == "adversarial", r3f=term == "r3f", smart_eps=0.1,
+        step_terms(model, sst_batch, smart=term == "adversarial", no_bregman=term == "adversarial", r3f=term == "r3f", smart_eps=0.1,
                    smart_step_size=0.1, smart_sigma=0.01, r3f_eps=0.1, smart_dropout=dropout)
     finally:
         recorder.remove()
@@ -141,7 +141,7 @@ def test_rdrop_is_zero_without_dropout_and_positive_with_it(sst_batch):
 
 def test_default_radius_survives_bf16_autocast(model, sst_batch):
     def term(precision: str, eps: float, step_size: float, sigma: float) -> float:
-        return step_terms(model, sst_batch, precision, adversarial=True, smart_eps=eps, smart_step_size=step_size,
+        return step_terms(model, sst_batch, precision, smart=True, no_bregman=True, smart_eps=eps, smart_step_size=step_size,
                           smart_sigma=sigma)["adversarial"]
 
     d = RegularizerSettings()

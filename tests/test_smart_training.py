@@ -7,7 +7,7 @@ import torch
 from minbert import BertConfig, BertModel
 from multitask.batching import EncodedTask
 from multitask.model import MultitaskBert
-from multitask.regularizers import RegularizerSettings, Regularizers
+from multitask.regularizers import RegularizerSettings, Regularizers, mean_teacher
 from multitask.train import Trainer, TrainSettings
 
 TINY = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
@@ -34,11 +34,11 @@ def tiny_tasks(n: int = 24) -> dict[str, EncodedTask]:
 def train_tiny(settings: RegularizerSettings | None, epochs: int = 1, tmp_path=None) -> tuple[MultitaskBert, list]:
     torch.manual_seed(0)
     model = MultitaskBert(BertModel(TINY))
-    regularizers = Regularizers(model, settings) if settings is not None else None
+    teacher = mean_teacher(model, settings.bregman_beta) if settings is not None and settings.uses_teacher else None
+    regularizers = Regularizers(settings, teacher) if settings is not None else None
     tasks = tiny_tasks()
-    trainer = Trainer(model, tasks, tasks, TrainSettings(epochs=epochs, batch_size=8, lr=1e-3, seed=0),
-                      torch.device("cpu"), tmp_path, regularizer=regularizers,
-                      teacher=regularizers.teacher if regularizers else None)
+    trainer = Trainer(model, tasks, tasks, TrainSettings(epochs=epochs, batch_size=8, lr=1e-3, seed=0, precision="fp32"),
+                      torch.device("cpu"), tmp_path, regularizer=regularizers, teacher=teacher)
     return model, trainer.train()
 
 
@@ -48,7 +48,7 @@ def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def test_zero_weights_are_bit_identical_to_plain_finetuning(tmp_path):
     plain, _ = train_tiny(None, tmp_path=tmp_path / "plain")
-    off = RegularizerSettings(adversarial=True, bregman=True, r3f=True, smart_lambda=0.0, bregman_mu=0.0,
+    off = RegularizerSettings(smart=True, r3f=True, smart_lambda=0.0, bregman_mu=0.0,
                               r3f_lambda=0.0)
     zeroed, _ = train_tiny(off, tmp_path=tmp_path / "zero")
     a, b = weights(plain), weights(zeroed)
@@ -57,8 +57,8 @@ def test_zero_weights_are_bit_identical_to_plain_finetuning(tmp_path):
 
 def test_each_switch_adds_exactly_its_term(tmp_path):
     cases = {
-        "adversarial": RegularizerSettings(adversarial=True),
-        "bregman": RegularizerSettings(bregman=True),
+        "adversarial": RegularizerSettings(smart=True, no_bregman=True),
+        "bregman": RegularizerSettings(smart=True, no_adversarial=True),
         "r3f": RegularizerSettings(r3f=True),
     }
     for name, settings in cases.items():
@@ -67,12 +67,12 @@ def test_each_switch_adds_exactly_its_term(tmp_path):
         added = {k.split("_", 1)[1] for k in losses if "_" in k}
         assert added == {name}, (name, losses)
         assert all(f"{task}_{name}" in losses for task in ("sst", "para", "sts"))
-    _, both = train_tiny(RegularizerSettings(adversarial=True, bregman=True), tmp_path=tmp_path / "smart")
+    _, both = train_tiny(RegularizerSettings(smart=True), tmp_path=tmp_path / "smart")
     assert {k.split("_", 1)[1] for k in both[0].train_losses if "_" in k} == {"adversarial", "bregman"}
 
 
 def test_task_lists_regularise_only_the_named_tasks(tmp_path):
-    settings = RegularizerSettings(adversarial=True, bregman=True, r3f=True, smart_tasks=("para", "sts"),
+    settings = RegularizerSettings(smart=True, r3f=True, smart_tasks=("para", "sts"),
                                    r3f_tasks=("sst",))
     _, history = train_tiny(settings, tmp_path=tmp_path)
     losses = history[0].train_losses
@@ -82,7 +82,7 @@ def test_task_lists_regularise_only_the_named_tasks(tmp_path):
 
 def test_regularisers_change_training_and_stay_finite(tmp_path):
     plain, _ = train_tiny(None, tmp_path=tmp_path / "plain")
-    smart, history = train_tiny(RegularizerSettings(adversarial=True, bregman=True, smart_eps=1e-3,
+    smart, history = train_tiny(RegularizerSettings(smart=True, smart_eps=1e-3,
                                                     smart_step_size=1e-2), tmp_path=tmp_path / "smart")
     assert history[0].skipped_steps == 0
     assert all(torch.isfinite(torch.tensor(v)) for v in history[0].train_losses.values())
@@ -92,7 +92,7 @@ def test_regularisers_change_training_and_stay_finite(tmp_path):
 def test_teacher_follows_the_student_by_the_ema_formula(tmp_path):
     torch.manual_seed(0)
     model = MultitaskBert(BertModel(TINY))
-    regularizers = Regularizers(model, RegularizerSettings(bregman=True))
+    regularizers = Regularizers(RegularizerSettings(smart=True, no_adversarial=True), mean_teacher(model, None))
     teacher = regularizers.teacher.model
     before = weights(teacher)
     with torch.no_grad():

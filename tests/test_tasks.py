@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from minbert import BertConfig, BertModel
-from multitask.cli import build_parser, parse_tasks, FlagError
+from minbert.flags import FlagError
+from multitask.settings import build_parser, settings_from
 from multitask.evaluate import overall
 from multitask.model import MultitaskBert
 from multitask.predictions import read_predictions, write_predictions
@@ -46,10 +47,16 @@ def test_labels_and_prediction_values_follow_each_tasks_range():
     assert STS.check_prediction(5.0) is None and "[0, 5]" in STS.check_prediction(float("nan"))
 
 
-def test_parse_tasks_names_the_unknown_ones():
-    assert parse_tasks("sst, cfimdb") == ("sst", "cfimdb")
+def test_task_lists_are_parsed_and_the_unknown_names_named():
+    def settings(*flags: str):
+        return settings_from(build_parser().parse_args(list(flags)))
+
+    assert settings("--tasks", "sst, cfimdb").run.tasks == ("sst", "cfimdb")
+    assert settings("--r3f", "--r3f_tasks", "sts").regularizers.r3f_tasks == ("sts",)
     with pytest.raises(FlagError, match=r"--tasks: unknown task\(s\) \['imdb'\]; choose from sst,para,sts,cfimdb"):
-        parse_tasks("sst,imdb")
+        settings("--tasks", "sst,imdb")
+    with pytest.raises(FlagError, match=r"--rdrop_tasks: unknown task\(s\) \['x'\]"):
+        settings("--rdrop", "--rdrop_tasks", "x")
 
 
 def test_a_task_declared_once_gets_flags_a_head_and_a_prediction_format(monkeypatch, tmp_path):

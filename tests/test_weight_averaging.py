@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from minbert import BertModel
-from multitask.cli import averaged_model, build_parser, build_regularizers
+from multitask.cli import weight_average
 from multitask.evaluate import predict, score
 from multitask.model import MultitaskBert
 from multitask.regularizers import TEACHER_WINDOW_FRACTION
+from multitask.settings import parse
 from multitask.train import Trainer, TrainSettings
 from smart import MeanTeacher
 from tests.test_smart_training import TINY, tiny_tasks, weights
@@ -35,7 +36,7 @@ def run(tmp_path, teacher: str, grad_accum: int = 1, freeze_encoder: bool = Fals
     average = None if teacher == "none" else RecordingTeacher(model)
     kept = []
     tasks = tiny_tasks()
-    settings = TrainSettings(epochs=2, batch_size=8, lr=1e-3, seed=0, grad_accum=grad_accum)
+    settings = TrainSettings(epochs=2, batch_size=8, lr=1e-3, seed=0, grad_accum=grad_accum, precision="fp32")
     trainer = Trainer(model, tasks, tasks, settings, torch.device("cpu"), tmp_path, teacher=average,
                       evaluate_teacher=teacher == "scored",
                       on_new_best=lambda best, record: kept.append((best, record)))
@@ -84,10 +85,11 @@ def test_a_frozen_encoder_is_not_averaged_and_stays_equal(tmp_path):
 
 def test_the_cli_caps_the_window_of_the_average_and_of_smarts_teacher():
     model = MultitaskBert(BertModel(TINY))
-    for flags in ([], ["--smart"], ["--smart", "--no_bregman"]):
-        args = build_parser().parse_args(flags)
-        average = averaged_model(model, build_regularizers(model, args), args)
+    for flags in ([], ["--smart"], ["--smart", "--no_bregman"], ["--smart", "--no_ema"]):
+        average = weight_average(model, parse(flags))
         assert average.window_fraction == TEACHER_WINDOW_FRACTION, flags
         # A short run's average follows the weights; a run of the default length keeps the paper's β.
         assert average.beta_at(50, 200) < 0.99 and average.beta_at(4000, 5000) == 0.999, flags
-    assert averaged_model(model, None, build_parser().parse_args(["--no_ema"])) is None
+    # Nothing scores it and no Bregman term pulls towards it: no average is kept at all.
+    assert weight_average(model, parse(["--no_ema"])) is None
+    assert weight_average(model, parse(["--smart", "--no_bregman", "--no_ema"])) is None
