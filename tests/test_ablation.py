@@ -16,7 +16,7 @@ import torch
 from minbert import BertModel
 from multitask.ablation import (GRID, GridError, GridSettings, RunResult, build_command, check_extra_args,
                                 finished_marker, finished_results, parse_configs, parse_seeds, run_signature)
-from multitask.ablation_report import aggregate, format_difference, format_stat, markdown, mean_std, report_paths
+from multitask.ablation.seed_stats import format_difference, format_stat, mean_std
 from multitask.cli import build_parser
 from multitask.predictions import read_predictions
 
@@ -31,6 +31,11 @@ def load_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# The summaries (JSON, Markdown, chart) are written by the script itself, their only user.
+ABLATE = load_script()
+aggregate, markdown, report_paths = ABLATE.aggregate, ABLATE.markdown, ABLATE.report_paths
 
 
 def copy_head(source: Path, target: Path, rows: int) -> None:
@@ -279,13 +284,12 @@ def test_seeds_configs_and_extra_flags_are_parsed_or_refused():
 
 
 def test_quick_sets_the_small_budget_and_explicit_flags_win():
-    script = load_script()
-    quick = script.settings_from_args(["--quick"])
+    quick = ABLATE.settings_from_args(["--quick"])
     assert (quick.epochs, quick.train_limit, quick.seeds, quick.dev_limit, quick.skip_predictions, quick.mlm_steps,
             quick.out_dir, quick.configs) == (1, 64, [11711], 200, True, 10, Path("results/ablations_quick"),
                                               list(GRID))
-    assert script.settings_from_args(["--quick", "--epochs", "2", "--seeds", "2"]).epochs == 2
-    full = script.settings_from_args(["--configs", "smart", "--", "--lr", "3e-5"])
+    assert ABLATE.settings_from_args(["--quick", "--epochs", "2", "--seeds", "2"]).epochs == 2
+    full = ABLATE.settings_from_args(["--configs", "smart", "--", "--lr", "3e-5"])
     assert (full.epochs, full.train_limit, full.seeds, full.skip_predictions, full.out_dir, full.extra_args) == \
         (build_parser().get_default("epochs"), None, [11711, 1, 2], False, Path("results/ablations"),
          ["--lr", "3e-5"])
