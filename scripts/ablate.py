@@ -31,9 +31,10 @@ from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, format_
 from multitask.train import TrainSettings  # noqa: E402
 
 # --quick: every configuration once on a sliver of data, to check the whole grid runs (its time is
-# in the README); scores from it say nothing about the methods.
+# in results/README.md); scores from it say nothing about the methods, so its runs and summaries go
+# to the git-ignored runs/ and never overwrite a committed file under results/.
 QUICK = {"epochs": 1, "train_limit": 64, "seeds": "1", "dev_limit": 200, "skip_predictions": True,
-         "mlm_steps": 10, "out_dir": Path("results/ablations_quick")}
+         "mlm_steps": 10, "out_dir": Path("runs/ablations_quick")}
 # The full budget trains as long as multitask_classifier.py does by default.
 FULL = {"epochs": TrainSettings.epochs, "train_limit": None, "seeds": "11711,1,2", "dev_limit": None,
         "skip_predictions": False, "mlm_steps": 300, "out_dir": Path("results/ablations")}
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write no prediction files per run (--quick does this)")
     p.add_argument("--out_dir", type=Path,
                    help="run directories; the summaries go beside it as <out_dir>.json/.md/.png "
-                        "(default results/ablations; --quick: results/ablations_quick)")
+                        "(default results/ablations; --quick: runs/ablations_quick)")
     p.add_argument("--mlm_dir", type=Path, help="MLM-pretrained encoder (Hugging Face layout) for the mlm rows; "
                                                 "without it the runner pretrains one into <out_dir>/mlm_encoder")
     p.add_argument("--mlm_steps", type=positive_int, help=f"MLM steps when the runner pretrains (default {FULL['mlm_steps']}; "
