@@ -1,4 +1,4 @@
-"""Comparing configurations over seeds: mean ± std, paired differences from a baseline with t-intervals, and their text."""
+"""Statistics over seeds: mean ± std, paired differences from a baseline with t-intervals, and their text."""
 
 from __future__ import annotations
 
