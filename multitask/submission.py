@@ -1,11 +1,15 @@
-"""Submission packaging: the six course prediction files checked against their inputs, then zipped with the code."""
+"""Submission packaging: the six course prediction files checked against their inputs, scored on dev, and zipped."""
 
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from minbert.atomic import atomic_path
+from multitask.data import ReadResult
 from multitask.predictions import PredictionFile, PredictionFileError, prediction_path, read_predictions
 from multitask.tasks import COURSE_TASKS, TASKS
 
@@ -53,6 +57,64 @@ def check_predictions(predictions_dir: Path, data_dir: Path) -> tuple[dict[Path,
         except ValueError as err:  # PredictionFileError and the input reader's DataError
             problems.append(str(err))
     return good, problems
+
+
+@dataclass(frozen=True)
+class DevScore:
+    """One task's dev metric of a prediction file, over the predictions whose id has a usable dev label."""
+
+    task: str
+    score: float  # accuracy, or Pearson r for STS
+    scored: int
+    # Predictions whose id is not among the labelled dev examples: a row the reader skipped for its
+    # label, or an id the dev file does not have. They cannot be scored, so they are left out.
+    unscored: int
+
+
+def score_dev_predictions(predictions: PredictionFile, dev: ReadResult) -> DevScore:
+    """The task's metric (Task.score) of `predictions` against the labelled examples of `dev`, matched by id.
+
+    Raises PredictionFileError when a labelled example has no prediction: a score over part of
+    the dev set would not be the dev score.
+    """
+    task = TASKS[predictions.task]
+    by_id = predictions.as_dict()
+    missing = [example.id for example in dev if example.id not in by_id]
+    if missing:
+        raise PredictionFileError(predictions.path, None, f"{len(missing)} labelled id(s) of {dev.path} have no "
+                                  f"prediction (first: {missing[0]}), so the file cannot be scored")
+    values = torch.tensor([by_id[example.id] for example in dev])
+    labels = torch.tensor([example.label for example in dev])
+    labelled = {example.id for example in dev}
+    return DevScore(task.name, task.score(values, labels), len(dev),
+                    sum(example_id not in labelled for example_id in by_id))
+
+
+def dev_scores(predictions_dir: Path, data_dir: Path) -> dict[str, DevScore]:
+    """Each course task's dev score from its dev prediction file and the labelled dev file of `data_dir`.
+
+    Raises PredictionFileError for a bad or incomplete prediction file and the reader's
+    DataError for a dev file without usable labels.
+    """
+    scores = {}
+    for task in COURSE_TASKS:
+        predictions = read_predictions(prediction_path(predictions_dir, task, "dev"), task)
+        scores[task] = score_dev_predictions(predictions, TASKS[task].read(TASKS[task].file(data_dir, "dev")))
+    return scores
+
+
+def dev_score_line(scores: dict[str, DevScore]) -> str:
+    """One line: `dev scores of the packaged predictions: sst …  para …  sts …  mean …`, then any unscored rows.
+
+    The mean is over tasks with Pearson r as (r + 1) / 2 (Task.unit_score), as training reports it.
+    """
+    mean = sum(TASKS[task].unit_score(s.score) for task, s in scores.items()) / len(scores)
+    line = "dev scores of the packaged predictions: " + "  ".join(
+        [f"{task} {s.score:.3f}" for task, s in scores.items()] + [f"mean {mean:.3f}"])
+    unscored = [f"{task} {s.unscored}" for task, s in scores.items() if s.unscored]
+    if unscored:
+        line += f"  (predictions without a usable dev label, not scored: {', '.join(unscored)})"
+    return line
 
 
 def code_files(repo: Path) -> list[Path]:

@@ -7,6 +7,8 @@
 Every file must have the course's exact header, one row per id of the matching input file in
 the same order, and values in range (sentiment 0-4, paraphrase 0/1, similarity a float in
 [0, 5]). A bad file is reported with its first bad line and nothing is zipped (exit code 1).
+Once all six are good, the dev files are scored against the dev labels of --data_dir and the
+scores printed on one line, so a wrong or stale run shows before it is uploaded.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from multitask.submission import build_zip, check_predictions  # noqa: E402
+from multitask.submission import build_zip, check_predictions, dev_score_line, dev_scores  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(problems)} of {len(good) + len(problems)} prediction files are not ready; nothing zipped",
               file=sys.stderr)
         return 1
+    try:
+        print(dev_score_line(dev_scores(args.predictions, args.data_dir)))
+    except ValueError as err:  # a dev file without usable labels: the files are still good to package
+        print(f"dev scores not computed: {err}", file=sys.stderr)
     if args.check_only:
         return 0
     try:

@@ -23,8 +23,8 @@ from minbert.atomic import atomic_write_text  # noqa: E402
 from minbert.flags import OneLineErrorParser  # noqa: E402
 from minbert.precision import PRECISION_HELP, PRECISIONS  # noqa: E402
 from multitask.ablation import GridError, GridSettings, RunResult, finished_results, parse_seeds, run_grid  # noqa: E402
-from multitask.ablation_report import (format_difference, format_stat, mean_std, metric_columns,  # noqa: E402
-                                       paired_difference, per_seed, time_ratio)
+from multitask.ablation.seed_stats import (format_difference, format_stat, mean_std, metric_columns,  # noqa: E402
+                                           paired_difference, per_seed, time_ratio)
 
 # name: (ε, η, σ) as written on the command line. η = ε and σ = ε/10 keep one ascent step inside
 # the ball and the starting noise well inside it; "paper" is the setting of Jiang et al. (2020).

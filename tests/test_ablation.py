@@ -16,7 +16,7 @@ import torch
 from minbert import BertModel
 from multitask.ablation import (GRID, GridError, GridSettings, RunResult, build_command, check_extra_args,
                                 finished_marker, finished_results, parse_configs, parse_seeds, run_signature)
-from multitask.ablation_report import aggregate, format_difference, format_stat, markdown, mean_std, report_paths
+from multitask.ablation.seed_stats import format_difference, format_stat, mean_std
 from multitask.settings import build_parser
 from multitask.predictions import read_predictions
 
@@ -31,6 +31,11 @@ def load_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# The summaries (JSON, Markdown, chart) are written by the script itself, their only user.
+ABLATE = load_script()
+aggregate, markdown, report_paths = ABLATE.aggregate, ABLATE.markdown, ABLATE.report_paths
 
 
 def copy_head(source: Path, target: Path, rows: int) -> None:
@@ -279,16 +284,26 @@ def test_seeds_configs_and_extra_flags_are_parsed_or_refused():
 
 
 def test_quick_sets_the_small_budget_and_explicit_flags_win():
-    script = load_script()
-    quick = script.settings_from_args(["--quick"])
+    quick = ABLATE.settings_from_args(["--quick"])
     assert (quick.epochs, quick.train_limit, quick.seeds, quick.dev_limit, quick.skip_predictions, quick.mlm_steps,
-            quick.out_dir, quick.configs) == (1, 64, [11711], 200, True, 10, Path("results/ablations_quick"),
+            quick.out_dir, quick.configs) == (1, 64, [11711], 200, True, 10, Path("runs/ablations_quick"),
                                               list(GRID))
-    assert script.settings_from_args(["--quick", "--epochs", "2", "--seeds", "2"]).epochs == 2
-    full = script.settings_from_args(["--configs", "smart", "--", "--lr", "3e-5"])
+    assert ABLATE.settings_from_args(["--quick", "--epochs", "2", "--seeds", "2"]).epochs == 2
+    full = ABLATE.settings_from_args(["--configs", "smart", "--", "--lr", "3e-5"])
     assert (full.epochs, full.train_limit, full.seeds, full.skip_predictions, full.out_dir, full.extra_args) == \
         (build_parser().get_default("epochs"), None, [11711, 1, 2], False, Path("results/ablations"),
          ["--lr", "3e-5"])
+
+
+def test_quick_writes_runs_and_summaries_under_the_ignored_runs_dir_not_results():
+    # A --quick check must not overwrite the committed summaries of a real grid in results/.
+    quick = ABLATE.settings_from_args(["--quick"])
+    written = [quick.out_dir, *report_paths(quick.out_dir).values()]
+    assert [path.name for path in written[1:]] == ["ablations_quick.json", "ablations_quick.md", "ablations_quick.png"]
+    for path in written:
+        assert not (REPO / path).resolve().is_relative_to(REPO / "results"), path
+        assert (REPO / path).resolve().is_relative_to(REPO / "runs"), path
+    assert "runs/" in (REPO / ".gitignore").read_text(encoding="utf-8").split()
 
 
 def test_a_done_marker_counts_only_for_the_same_signature_and_all_epochs(tmp_path):

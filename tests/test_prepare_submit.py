@@ -1,4 +1,4 @@
-"""scripts/prepare_submit.py: good prediction files are zipped with the code; a bad one is named with its line."""
+"""scripts/prepare_submit.py: good prediction files are scored on dev and zipped with the code; a bad one is named."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import scipy.stats
 
+from multitask.predictions import read_predictions, write_predictions
+from multitask.submission import dev_score_line, dev_scores, score_dev_predictions
 from multitask.tasks import TASKS
-from multitask.predictions import write_predictions
 
 REPO = Path(__file__).resolve().parent.parent
 INPUT_STEMS = {"sst": "ids-sst", "para": "quora", "sts": "sts"}
@@ -83,6 +85,77 @@ def test_good_files_are_zipped_with_the_code_and_nothing_else(script, submission
 def test_check_only_writes_no_zip(script, submission):
     assert prepare(script, submission, "--check_only") == 0
     assert not submission["zip"].exists()
+
+
+def test_the_dev_scores_of_the_packaged_files_are_printed_in_one_line(script, submission, capsys):
+    assert prepare(script, submission, "--check_only") == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dev scores")]
+    assert lines == [dev_score_line(dev_scores(submission["predictions"], submission["data"]))]
+    assert lines[0].startswith("dev scores of the packaged predictions: sst ")
+    assert "  para " in lines[0] and "  sts " in lines[0] and "  mean " in lines[0]
+
+
+# Hand-made dev files: (id, label) per row, in file order; an unusable label makes the reader skip the row.
+HAND_DEV = {"sst": [("s1", "3"), ("s2", "0"), ("s3", "2"), ("s4", "7"), ("s5", "4"), ("s6", "1")],
+            "para": [("p1", "1.0"), ("p2", "0.0"), ("p3", ""), ("p4", "1.0"), ("p5", "0.0")],
+            "sts": [("t1", "1.0"), ("t2", "4.6"), ("t3", "2.5"), ("t4", "nan"), ("t5", "0.0"), ("t6", "3.2")]}
+# Predictions, deliberately in another order than the dev file, with one id the dev file lacks.
+HAND_PREDICTIONS = {"sst": {"s6": 1, "s5": 2, "s4": 4, "s3": 2, "s2": 0, "s1": 1, "x1": 3},
+                    "para": {"p5": 1, "p4": 1, "p3": 0, "p2": 0, "p1": 1},
+                    "sts": {"t6": 3.0, "t5": 0.4, "t4": 2.0, "t3": 2.0, "t2": 4.9, "t1": 2.2, "x2": 1.0}}
+USABLE = {"sst": lambda text: text in {"0", "1", "2", "3", "4"}, "para": lambda text: text in {"0.0", "1.0"},
+          "sts": lambda text: text != "nan"}
+
+
+@pytest.fixture
+def hand_made(tmp_path) -> dict:
+    data, predictions = tmp_path / "data", tmp_path / "predictions"
+    data.mkdir()
+    for task, rows in HAND_DEV.items():
+        spec = TASKS[task]
+        header = ["", "id", *spec.text_columns, spec.label_column]
+        lines = ["\t".join(header)] + ["\t".join([str(n), example_id, *["some text ."] * len(spec.text_columns),
+                                                   label]) for n, (example_id, label) in enumerate(rows)]
+        spec.file(data, "dev").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        values = HAND_PREDICTIONS[task]
+        write_predictions(predictions / f"{task}-dev-output.csv", task, list(values), list(values.values()))
+    return {"data": data, "predictions": predictions}
+
+
+def expected_score(task: str) -> tuple[float, int]:
+    """(the metric, the number of scored predictions), computed without the package's code."""
+    labelled = {example_id: float(label) for example_id, label in HAND_DEV[task] if USABLE[task](label)}
+    pairs = [(float(HAND_PREDICTIONS[task][example_id]), label) for example_id, label in labelled.items()]
+    if task == "sts":
+        return scipy.stats.pearsonr(*zip(*pairs)).statistic, len(pairs)
+    return sum(prediction == label for prediction, label in pairs) / len(pairs), len(pairs)
+
+
+def test_dev_scores_match_by_id_and_leave_out_predictions_without_a_usable_label(hand_made):
+    scores = dev_scores(hand_made["predictions"], hand_made["data"])
+    assert list(scores) == ["sst", "para", "sts"]
+    for task, score in scores.items():
+        value, scored = expected_score(task)
+        assert score.score == pytest.approx(value), task
+        assert score.scored == scored
+        assert score.unscored == len(HAND_PREDICTIONS[task]) - scored
+    # Written out: SST 3 of 5 right (s4's label 7 is unusable; x1 is not in the dev file); Quora 3 of 4.
+    assert scores["sst"].score == pytest.approx(3 / 5) and scores["para"].score == pytest.approx(3 / 4)
+    assert (scores["sst"].unscored, scores["para"].unscored, scores["sts"].unscored) == (2, 1, 2)
+
+    r = expected_score("sts")[0]
+    mean = (3 / 5 + 3 / 4 + (r + 1) / 2) / 3
+    assert dev_score_line(scores) == (
+        f"dev scores of the packaged predictions: sst 0.600  para 0.750  sts {r:.3f}  mean {mean:.3f}"
+        "  (predictions without a usable dev label, not scored: sst 2, para 1, sts 2)")
+
+
+def test_a_labelled_dev_id_without_prediction_is_refused_not_scored_on_part_of_dev(hand_made):
+    path = hand_made["predictions"] / "para-dev-output.csv"
+    values = {key: value for key, value in HAND_PREDICTIONS["para"].items() if key != "p2"}
+    write_predictions(path, "para", list(values), list(values.values()))
+    with pytest.raises(ValueError, match="1 labelled id.*first: p2"):
+        score_dev_predictions(read_predictions(path, "para"), TASKS["para"].read(hand_made["data"] / "quora-dev.csv"))
 
 
 def check_rejected(script, submission, capsys, path: Path, *expected: str) -> str:

@@ -1,0 +1,106 @@
+"""Statistics over seeds: mean ± std, paired differences from a baseline with t-intervals, and their text."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+import scipy.stats
+
+from multitask.ablation.single_run import RunResult
+from multitask.tasks import TASKS
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation of one metric over seeds (std is None for a single run)."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    def as_json(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "n": self.n}
+
+
+def mean_std(values: Sequence[float | None]) -> Stat:
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return Stat(None, None, 0)
+    # Sample std (n - 1): the seeds are a sample of what the method does, not all of it.
+    std = statistics.stdev(present) if len(present) > 1 else None
+    return Stat(statistics.fmean(present), std, len(present))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Mean over seeds of (configuration − baseline), each seed paired with itself, and its t-interval.
+
+    Pairing removes what a seed does to every configuration alike (its data order, its head
+    initialisation), which is most of the seed-to-seed spread; the interval is None below 2 pairs.
+    """
+
+    mean: float | None
+    low: float | None
+    high: float | None
+    n: int
+
+    def as_json(self) -> dict:
+        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n, "confidence": CONFIDENCE}
+
+
+def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> Difference:
+    """`values` − `baseline` over the seeds both have, with a two-sided Student-t interval."""
+    differences = [values[seed] - baseline[seed] for seed in sorted(values.keys() & baseline.keys())]
+    if not differences:
+        return Difference(None, None, None, 0)
+    mean = statistics.fmean(differences)
+    if len(differences) < 2:
+        return Difference(mean, None, None, 1)
+    spread = statistics.stdev(differences)
+    if spread == 0:  # every seed moved by the same amount (scipy wants a positive scale)
+        return Difference(mean, mean, mean, len(differences))
+    low, high = scipy.stats.t.interval(CONFIDENCE, len(differences) - 1, loc=mean,
+                                       scale=spread / math.sqrt(len(differences)))
+    return Difference(mean, float(low), float(high), len(differences))
+
+
+def metric_columns(results: Sequence[RunResult]) -> list[tuple[str, str]]:
+    """(RunResult.value key, column title) per task the runs were scored on, in registry order, then the mean.
+
+    Pearson r columns say r; the mean maps r to (r + 1) / 2 as training does.
+    """
+    scored = {task for r in results for task in r.dev}
+    columns = [(f"dev_{name}", f"{task.label} {'r' if task.metric == 'pearson' else 'acc'}")
+               for name, task in TASKS.items() if name in scored]
+    return [*columns, ("dev_mean", "mean")]
+
+
+def per_seed(runs: Sequence[RunResult], key: str) -> dict[int, float]:
+    return {r.seed: float(r.value(key)) for r in runs if r.value(key) is not None}
+
+
+def time_ratio(runs: Sequence[RunResult], baseline: Sequence[RunResult]) -> float | None:
+    """Mean over the shared seeds of training time / the baseline's (None without a shared seed)."""
+    mine, theirs = per_seed(runs, "train_seconds"), per_seed(baseline, "train_seconds")
+    ratios = [mine[seed] / theirs[seed] for seed in mine.keys() & theirs.keys() if theirs[seed] > 0]
+    return statistics.fmean(ratios) if ratios else None
+
+
+def format_difference(difference: Difference) -> str:
+    """In points (×100): `+1.2 [−0.4, +2.8]`, or `+1.2` with one pair, `—` with none."""
+    if difference.mean is None:
+        return "—"
+    text = f"{100 * difference.mean:+.1f}"
+    return text if difference.low is None else f"{text} [{100 * difference.low:+.1f}, {100 * difference.high:+.1f}]"
+
+
+def format_stat(stat: Stat, digits: int = 3) -> str:
+    if stat.mean is None:
+        return "—"
+    text = f"{stat.mean:.{digits}f}"
+    return text if stat.std is None else f"{text} ± {stat.std:.{digits}f}"

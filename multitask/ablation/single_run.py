@@ -1,0 +1,211 @@
+"""One run of the grid: its command, its subprocess and log, and the done marker that lets a rerun skip it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from minbert.atomic import atomic_write_text
+from minbert.progress import newest_progress
+from multitask.ablation.grid import REPO, Configuration, GridSettings, run_dir
+from multitask.resume import STATE_DIR
+from multitask.tasks import TASKS
+
+CLASSIFIER = REPO / "multitask_classifier.py"
+DONE = "done.json"
+
+
+@dataclass
+class RunResult:
+    """One configuration and seed: its best-epoch dev scores, or why it failed."""
+
+    config: str
+    seed: int
+    status: str  # "done" or "failed"
+    run_dir: str
+    best_epoch: int | None = None
+    dev: dict[str, float] = field(default_factory=dict)  # task -> dev score, in training order
+    dev_mean: float | None = None
+    train_seconds: float | None = None  # training loops of all epochs, without dev evaluation
+    wall_seconds: float | None = None  # the whole subprocess: loading, training, evaluation, predictions
+    reused: bool = False  # finished by an earlier invocation, not run again
+    error: str | None = None
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+    def value(self, key: str) -> float | None:
+        """`dev_<task>` (that task's dev score), `dev_mean` or `train_seconds`; None when absent."""
+        if key.startswith("dev_") and key != "dev_mean":
+            return self.dev.get(key[len("dev_"):])
+        return getattr(self, key)
+
+
+def build_command(settings: GridSettings, config: Configuration, seed: int, mlm_dir: Path | None) -> list[str]:
+    """The multitask_classifier.py command line of one run."""
+    directory = run_dir(settings, config.name, seed)
+    # --resume: a run killed with the grid continues from its last saved state when the grid is rerun.
+    command = [settings.python, str(CLASSIFIER), "--option", "finetune", "--epochs", str(settings.epochs),
+               "--seed", str(seed), "--out_dir", str(directory), "--resume", "--precision", settings.precision]
+    if settings.train_limit is not None:
+        command += ["--train_limit", str(settings.train_limit)]
+    if settings.dev_limit is not None:
+        command += ["--dev_limit", str(settings.dev_limit)]
+    if settings.skip_predictions:
+        command.append("--skip_predictions")
+    else:
+        for task in TASKS:
+            for split in ("dev", "test"):
+                command += [f"--{task}_{split}_out", str(directory / "predictions" / f"{task}-{split}-output.csv")]
+    command += [*config.flags, *settings.extra_args]
+    if config.uses_mlm:
+        # Last, so that a --pretrained among the extra flags still leaves these rows on the MLM encoder.
+        command += ["--pretrained", str(mlm_dir)]
+    return command
+
+
+def run_signature(settings: GridSettings, config: Configuration, seed: int, mlm_signature: dict | None) -> dict:
+    """What makes a finished run reusable: a run with another budget or encoder is run again."""
+    signature = {"config": config.name, "flags": list(config.flags), "seed": seed, "epochs": settings.epochs,
+                 "train_limit": settings.train_limit, "dev_limit": settings.dev_limit,
+                 "skip_predictions": settings.skip_predictions, "extra_args": list(settings.extra_args),
+                 "precision": settings.precision, "mlm": mlm_signature if config.uses_mlm else None}
+    return json.loads(json.dumps(signature))  # the form it has when read back from done.json
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The epoch records of a metrics.jsonl; a line cut short by a crash is left out."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def complete(records: list[dict], epochs: int) -> bool:
+    return [record.get("epoch") for record in records] == list(range(1, epochs + 1))
+
+
+def finished_marker(directory: Path, signature: dict, epochs: int) -> dict | None:
+    """The done marker of a finished run with this signature, or None if the run must (re)run."""
+    try:
+        done = json.loads((directory / DONE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if done.get("signature") != signature or not complete(read_metrics(directory / "metrics.jsonl"), epochs):
+        return None
+    return done
+
+
+def result_from_metrics(config: str, seed: int, directory: Path, records: list[dict], wall: float | None,
+                        reused: bool) -> RunResult:
+    best = max(records, key=lambda record: record["dev_mean"])
+    return RunResult(config, seed, "done", str(directory), best_epoch=best["epoch"],
+                     dev={key[len("dev_"):]: value for key, value in best.items()
+                          if key.startswith("dev_") and key != "dev_mean"},
+                     dev_mean=best["dev_mean"],
+                     train_seconds=round(sum(record.get("train_seconds", 0.0) for record in records), 1),
+                     wall_seconds=None if wall is None else round(wall, 1), reused=reused)
+
+
+def last_error_line(log_path: Path) -> str:
+    """The line that says why a subprocess failed: our CLI's `error: ...`, else the traceback's last line."""
+    try:
+        lines = [line.strip() for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    except FileNotFoundError:
+        return ""
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if line.startswith("error:")]
+    line = errors[-1] if errors else (lines[-1] if lines else "")
+    return line[:300]
+
+
+def run_logged(command: list[str], log_path: Path, say: Callable[[str], None] | None = None, tag: str = "",
+               every: float = 60.0) -> int:
+    """Run a command with its output (and the command line, for rerunning by hand) in `log_path`.
+
+    While it runs, every `every` seconds `say` gets `<tag>: <position and ETA>` from the newest
+    progress line in the log, when there is a new one: the grid's own output then shows a long
+    run moving (less often than the run's log does, which is enough for a grid).
+    """
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        relayed = None
+        try:
+            while True:
+                try:
+                    return process.wait(timeout=every)
+                except subprocess.TimeoutExpired:
+                    line = newest_progress(log_path) if say is not None else None
+                    if line is not None and line != relayed:
+                        say(f"{tag}: {line}")
+                        relayed = line
+        except BaseException:
+            # As subprocess.run does: an interrupted grid leaves no run behind.
+            process.kill()
+            process.wait()
+            raise
+
+
+def finished_result(settings: GridSettings, config: Configuration, seed: int,
+                    mlm_signature: dict | None) -> RunResult | None:
+    """The result of this run if an earlier invocation finished it with the same signature, else None."""
+    directory = run_dir(settings, config.name, seed)
+    done = finished_marker(directory, run_signature(settings, config, seed, mlm_signature), settings.epochs)
+    if done is None:
+        return None
+    return result_from_metrics(config.name, seed, directory, read_metrics(directory / "metrics.jsonl"),
+                               done.get("wall_seconds"), reused=True)
+
+
+def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: Path | None,
+            mlm_signature: dict | None, say: Callable[[str], None], tag: str) -> RunResult:
+    directory = run_dir(settings, config.name, seed)
+    signature = run_signature(settings, config, seed, mlm_signature)
+    result = finished_result(settings, config, seed, mlm_signature)
+    if result is not None:
+        say(f"{tag}: already finished (dev mean {result.dev_mean:.3f}), not run again")
+        return result
+
+    directory.mkdir(parents=True, exist_ok=True)
+    # A marker from another budget must not survive a run that then fails.
+    (directory / DONE).unlink(missing_ok=True)
+    command = build_command(settings, config, seed, mlm_dir)
+    log_path = directory / "train.log"
+    say(f"{tag}: running, log in {log_path}")
+    started = time.perf_counter()
+    returncode = run_logged(command, log_path, say, tag)
+    wall = time.perf_counter() - started
+    records = read_metrics(directory / "metrics.jsonl")
+    if returncode != 0 or not complete(records, settings.epochs):
+        reason = last_error_line(log_path) or f"exit code {returncode}"
+        if returncode == 0:
+            reason = f"metrics.jsonl has {len(records)} of {settings.epochs} epochs"
+        say(f"{tag}: FAILED after {wall:.0f} s: {reason} (see {log_path})")
+        return RunResult(config.name, seed, "failed", str(directory), wall_seconds=round(wall, 1),
+                         error=f"{reason} (log: {log_path})")
+    if not settings.keep_checkpoints:
+        # An encoder copy per run (90 MB for MiniLM, 440 MB for BERT-base) adds up over a grid;
+        # the scores and predictions are what an ablation keeps. The resume state (optimiser
+        # moments, teacher) is larger still and of no use once the run is finished.
+        shutil.rmtree(directory / "best", ignore_errors=True)
+        shutil.rmtree(directory / STATE_DIR, ignore_errors=True)
+    atomic_write_text(directory / DONE, json.dumps({"signature": signature, "command": command,
+                                                    "wall_seconds": round(wall, 1),
+                                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+    result = result_from_metrics(config.name, seed, directory, records, wall, reused=False)
+    say(f"{tag}: done in {wall:.0f} s, dev mean {result.dev_mean:.3f}")
+    return result
