@@ -148,8 +148,8 @@ def run(settings: Settings) -> None:
         env.barrier()
 
     trainer = make_trainer(env, model, train_sets, dev_sets, train, device, run.out_dir, on_new_best=keep_best,
-                           regularizer=regularizers, teacher=average, evaluate_teacher=run.average_weights,
-                           on_checkpoint=save_state, save_every=run.save_every)
+                           regularizers=regularizers, teacher=average, evaluate_teacher=run.average_weights,
+                           on_save_state=save_state, save_every=run.save_every)
     if env.is_main:
         for line in banner(settings, train, trainer, device):
             log.info("%s", line)
@@ -185,7 +185,7 @@ def run(settings: Settings) -> None:
     if not run.keep_resume:
         # The state (weights, their average, AdamW's moments) is several times the model and of
         # no use once the run has finished.
-        run_state.clear()
+        run_state.remove()
         log.info("removed the resume state %s (--keep_resume keeps it)", run_state.directory)
 
 
@@ -235,7 +235,7 @@ def check_regularizer_flags(regularizers: RegularizerSettings, run: RunSettings)
     if r.adversarial and r.r3f:
         raise FlagError("--smart and --r3f both add a smoothness term at a perturbed δ (adversarial "
                         "and random); choose one, or use --smart --no_adversarial --r3f for R3F with the "
-                        "mean teacher")
+                        "Bregman term")
     switched = [f"--{name}" for name in ("smart", "r3f", "rdrop") if getattr(r, name)]
     if switched and run.option != "finetune":
         raise FlagError(f"{' '.join(switched)} regularise fine-tuning, but --option {run.option} "
@@ -265,7 +265,7 @@ def describe(settings: RegularizerSettings | None, tasks: tuple[str, ...]) -> st
         parts.append(f"SMART adversarial (ε {settings.smart_eps:g}, {settings.smart_dropout} dropout masks) "
                      f"on {on(settings.smart_tasks)}")
     if settings.bregman and settings.bregman_mu:
-        parts.append(f"Bregman mean teacher (μ {settings.bregman_mu:g}) on {on(settings.smart_tasks)}")
+        parts.append(f"Bregman term towards the weight average (μ {settings.bregman_mu:g}) on {on(settings.smart_tasks)}")
     if settings.r3f and settings.r3f_lambda:
         parts.append(f"R3F ({settings.r3f_noise}, ε {settings.r3f_eps:g}, {settings.smart_dropout} dropout masks) "
                      f"on {on(settings.r3f_tasks)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -11,7 +12,7 @@ from multitask.model import MultitaskBert
 from multitask.tasks import TASKS, parse_task_names
 from smart import DropoutReplay, MeanTeacher, bregman_loss, divergence, r3f_loss, smoothness_loss
 
-# The mean teacher (SMART's Bregman target and the weight average that is scored) keeps the
+# The weight average (what is scored, and SMART's Bregman target: the paper's mean teacher) keeps the
 # paper's β schedule, capped so that its time constant is at most a quarter of the run. The cap
 # binds in runs under 4,000 updates, where β = 0.999 would leave the average lagging far behind
 # the trained weights.
@@ -19,7 +20,7 @@ TEACHER_WINDOW_FRACTION = 0.25
 
 
 def mean_teacher(model: MultitaskBert, beta: float | None) -> MeanTeacher:
-    """The run's mean teacher: `beta` constant, or None for the paper's schedule under the cap."""
+    """The run's weight average: `beta` constant, or None for the paper's schedule under the cap."""
     return MeanTeacher(model, beta=beta, window_fraction=TEACHER_WINDOW_FRACTION)
 
 
@@ -34,9 +35,9 @@ class RegularizerSettings:
     results/smart_sweep.md); the paper's own values are ε = σ = 1e-5, η = 1e-3.
     """
 
-    smart: bool = flag(False, "SMART: the adversarial smoothness term and the Bregman proximal point (mean teacher)")
+    smart: bool = flag(False, "SMART: the adversarial smoothness term and the Bregman proximal point (a pull towards the weight average)")
     no_adversarial: bool = flag(False, "with --smart: drop the adversarial term")
-    no_bregman: bool = flag(False, "with --smart: drop the mean-teacher term")
+    no_bregman: bool = flag(False, "with --smart: drop the Bregman term")
     smart_lambda: float = flag(1.0, "weight λ_s of the adversarial term", type=non_negative)
     smart_eps: float = flag(1e-1, "ℓ∞ radius ε of δ, added after the embedding LayerNorm (entries of order 1); "
                                   "the paper's setting is 1e-5", type=positive)
@@ -47,9 +48,9 @@ class RegularizerSettings:
         "shared", "dropout masks of the perturbed passes of --smart and --r3f: shared with the clean pass (the "
                   "function the paper's formula compares at x and x+δ), or independent (fresh masks per pass, as "
                   "the mt-dnn code)", choices=DROPOUT_MODES)
-    bregman_mu: float = flag(1.0, "weight μ of the mean-teacher term", type=non_negative)
+    bregman_mu: float = flag(1.0, "weight μ of the Bregman term", type=non_negative)
     bregman_beta: float | None = flag(
-        None, "constant momentum β of the mean teacher, which is also the weight average (default: 0.99 for the "
+        None, "constant momentum β of the weight average, the Bregman term's teacher (default: 0.99 for the "
               "first 10%% of updates, then 0.999, capped at 1 - 4/updates in runs under 4,000 updates)",
         type=probability)
     smart_tasks: tuple[str, ...] | None = flag(
@@ -94,16 +95,17 @@ def runs_on(task: str, tasks: tuple[str, ...] | None) -> bool:
 
 
 class Regularizers:
-    """Adds the enabled terms to each training step; every term uses its task's divergence ℓ_s.
+    """The regulariser terms a training step can add; each uses its task's divergence ℓ_s.
 
     - adversarial (SMART R_s): λ_s·ℓ_s(f(x + δ), f(x)), δ by projected ascent;
     - r3f: λ·ℓ_s(f(x + δ), f(x)), δ random;
-    - bregman: μ·ℓ_s(f(x; θ), f(x; θ̃)) against the mean teacher;
-    - rdrop: α·ℓ_s(f₁(x), f₂(x)), two passes with independent dropout masks.
+    - rdrop: α·ℓ_s(f₁(x), f₂(x)), two passes with independent dropout masks;
+    - bregman: μ·ℓ_s(f(x; θ), f(x; θ̃)) against the run's weight average θ̃.
 
     With shared masks, f in the first two is one function: every perturbed pass replays the clean
-    pass's dropout masks. A term whose weight is 0 is not computed at all, so it draws no random
-    numbers and the run stays bit-identical to plain fine-tuning.
+    pass's dropout masks. A term whose weight is 0 does not run at all, so it draws no random
+    numbers and the run stays bit-identical to plain fine-tuning. The step that adds them is
+    `multitask.train.StepLoss.forward`.
     """
 
     def __init__(self, settings: RegularizerSettings, teacher: MeanTeacher | None = None) -> None:
@@ -117,35 +119,50 @@ class Regularizers:
     def uses_teacher(self) -> bool:
         return self.settings.uses_teacher
 
-    def __call__(self, model: MultitaskBert, task: str, batch: dict[str, torch.Tensor], embeddings: torch.Tensor,
-                 mask: torch.Tensor, output: torch.Tensor, masks: DropoutReplay) -> dict[str, torch.Tensor]:
-        """The terms for one step; `masks` replays the dropout masks the clean `output` was computed with."""
-        s, kind = self.settings, TASKS[task].kind
-        terms = {}
-        smart_here = runs_on(task, s.smart_tasks)
+    def runs(self, term: str, task: str) -> bool:
+        """Whether `term` is switched on with a nonzero weight, for this task's steps."""
+        s = self.settings
+        switched, weight, tasks = {
+            "adversarial": (s.adversarial, s.smart_lambda, s.smart_tasks),
+            "r3f": (s.r3f, s.r3f_lambda, s.r3f_tasks),
+            "rdrop": (s.rdrop, s.rdrop_alpha, s.rdrop_tasks),
+            "bregman": (self.teacher is not None, s.bregman_mu, s.smart_tasks),
+        }[term]
+        return switched and weight != 0 and runs_on(task, tasks)
 
-        def fn(perturbed: torch.Tensor) -> torch.Tensor:
-            return model.predict_from_embeddings(task, perturbed, mask)
+    def perturbed_function(self, model: MultitaskBert, task: str, mask: torch.Tensor,
+                           masks: DropoutReplay) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x ↦ f(x): the task output from input embeddings, under the clean pass's dropout masks when shared."""
+        def f(embeddings: torch.Tensor) -> torch.Tensor:
+            return model.predict_from_embeddings(task, embeddings, mask)
 
-        perturbed_fn = masks.wrap(fn) if s.smart_dropout == "shared" else fn
-        if smart_here and s.adversarial and s.smart_lambda != 0:
-            terms["adversarial"] = s.smart_lambda * smoothness_loss(
-                perturbed_fn, embeddings, output, kind, eps=s.smart_eps, sigma=s.smart_sigma,
-                step_size=s.smart_step_size, steps=s.smart_steps, mask=mask)
-        if runs_on(task, s.r3f_tasks) and s.r3f and s.r3f_lambda != 0:
-            terms["r3f"] = s.r3f_lambda * r3f_loss(perturbed_fn, embeddings, output, kind, eps=s.r3f_eps,
-                                                   noise=s.r3f_noise, mask=mask)
-        if runs_on(task, s.rdrop_tasks) and s.rdrop and s.rdrop_alpha != 0:
-            # A whole second forward, embeddings included, with masks of its own. The task loss
-            # stays on the first pass only: the task term is then the very one plain fine-tuning
-            # has, so an ablation row differs from the baseline by this term alone (the paper
-            # puts the task loss on both passes).
-            second = model(task, batch)
-            terms["rdrop"] = s.rdrop_alpha * divergence(kind, second, output)
-        if smart_here and self.teacher is not None:
-            # The teacher is a fixed target: no dropout, no graph.
-            self.teacher.model.eval()
-            with torch.no_grad():
-                teacher_output = self.teacher.model(task, batch)
-            terms["bregman"] = s.bregman_mu * bregman_loss(output, teacher_output, kind)
-        return terms
+        return masks.wrap(f) if self.settings.smart_dropout == "shared" else f
+
+    def adversarial(self, f: Callable, embeddings: torch.Tensor, output: torch.Tensor, task: str,
+                    mask: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        return s.smart_lambda * smoothness_loss(f, embeddings, output, TASKS[task].kind, eps=s.smart_eps,
+                                                sigma=s.smart_sigma, step_size=s.smart_step_size,
+                                                steps=s.smart_steps, mask=mask)
+
+    def r3f(self, f: Callable, embeddings: torch.Tensor, output: torch.Tensor, task: str,
+            mask: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        return s.r3f_lambda * r3f_loss(f, embeddings, output, TASKS[task].kind, eps=s.r3f_eps, noise=s.r3f_noise,
+                                       mask=mask)
+
+    def rdrop(self, model: MultitaskBert, task: str, batch: dict[str, torch.Tensor],
+              output: torch.Tensor) -> torch.Tensor:
+        # A whole second forward, embeddings included, with masks of its own. The task loss stays
+        # on the first pass only: the task term is then the very one plain fine-tuning has, so an
+        # ablation row differs from the baseline by this term alone (the paper puts the task loss
+        # on both passes).
+        second = model(task, batch)
+        return self.settings.rdrop_alpha * divergence(TASKS[task].kind, second, output)
+
+    def bregman(self, task: str, batch: dict[str, torch.Tensor], output: torch.Tensor) -> torch.Tensor:
+        # The teacher is a fixed target: no dropout, no graph.
+        self.teacher.model.eval()
+        with torch.no_grad():
+            teacher_output = self.teacher.model(task, batch)
+        return self.settings.bregman_mu * bregman_loss(output, teacher_output, TASKS[task].kind)

@@ -110,6 +110,12 @@ class RunState:
                 if path.is_file():
                     path.unlink()
 
+    def remove(self) -> None:
+        """Forget the state and remove its directory (a finished run has no use for it)."""
+        self.clear()
+        if self.directory.is_dir() and not any(self.directory.iterdir()):
+            self.directory.rmdir()
+
     def save(self, trainer: Trainer, teacher: MeanTeacher | None = None) -> None:
         """Save everything needed to continue `trainer` exactly; call only between updates."""
         self.serial += 1

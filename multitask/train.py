@@ -1,4 +1,17 @@
-"""The multitask training loop: task-scheduled steps, AdamW with warm-up/decay, dev evaluation per epoch."""
+"""The multitask training loop: task-scheduled steps, AdamW with warm-up/decay, dev evaluation per epoch.
+
+One training step, file by file:
+1. `Trainer.epoch_plan` (here; task order from multitask/schedule.py) names the step's task and
+   rows; `EncodedTask.batch` (multitask/batching.py) pads them into tensors.
+2. `StepLoss.forward` (here) is the step's loss, term by term: `MultitaskBert.embed` and
+   `predict_from_embeddings` (multitask/model.py, on minbert/model.py's `embed`/`encode`) give
+   the output; `Task.loss` (multitask/tasks.py) the task term; `Regularizers` (multitask/regularizers.py,
+   on smart/) each switched-on term.
+3. `Trainer.update` (here) clips, steps AdamW (minbert/optimizer.py) and the schedule, and moves
+   the weight average (smart/teacher.py).
+4. After each epoch `Trainer.evaluate` scores dev (multitask/evaluate.py); the CLI keeps the best
+   checkpoint (multitask/checkpoint.py) and saves the resume state (multitask/resume.py).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +38,7 @@ from minbert.progress import DEFAULT_INTERVAL, ProgressReporter
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert
+from multitask.regularizers import Regularizers
 from multitask.runtime import show_progress, to_device
 from multitask.schedule import SCHEDULES, task_order
 from multitask.tasks import TASKS
@@ -74,12 +88,6 @@ class TrainSettings:
     precision: str = flag("auto", PRECISION_HELP, choices=PRECISIONS)
 
 
-# A regulariser adds named loss terms for one step:
-# (model, task, batch, embeddings, mask, clean output, the clean pass's dropout masks) -> terms.
-Regularizer = Callable[[MultitaskBert, str, dict, torch.Tensor, torch.Tensor, torch.Tensor, DropoutReplay],
-                       dict[str, torch.Tensor]]
-
-
 @dataclass
 class EpochRecord:
     epoch: int
@@ -111,26 +119,37 @@ class EpochProgress:
 
 
 class StepLoss(nn.Module):
-    """One training step's loss terms as a module: the task loss and whatever the regulariser adds.
+    """One training step's loss, term by term: the task loss, then each regulariser term that runs.
 
     The step goes through `embed`/`predict_from_embeddings` rather than the model's `forward`, so
     SMART can perturb the embeddings in between. Wrapping the whole step in one module's `forward`
     is what lets DistributedDataParallel see every parameter the step uses (multitask/distributed.py).
     """
 
-    def __init__(self, model: MultitaskBert, regularizer: Regularizer | None = None) -> None:
+    def __init__(self, model: MultitaskBert, regularizers: Regularizers | None = None) -> None:
         super().__init__()
         self.model = model
-        self.regularizer = regularizer
+        self.regularizers = regularizers
 
     def forward(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         embeddings, mask = self.model.embed(task, batch)
-        # Taken before the clean pass draws its dropout masks, so a regulariser can replay them.
+        # Taken before the clean pass draws its dropout masks, so the perturbed passes can replay them.
         masks = DropoutReplay(embeddings.device)
         output = self.model.predict_from_embeddings(task, embeddings, mask)
         terms = {"task": TASKS[task].loss(output, batch["labels"])}
-        if self.regularizer is not None:
-            terms.update(self.regularizer(self.model, task, batch, embeddings, mask, output, masks))
+        r = self.regularizers
+        if r is None:
+            return terms
+        # The order is fixed: each term draws random numbers (noise, dropout masks) in turn.
+        f = r.perturbed_function(self.model, task, mask, masks)
+        if r.runs("adversarial", task):
+            terms["adversarial"] = r.adversarial(f, embeddings, output, task, mask)
+        if r.runs("r3f", task):
+            terms["r3f"] = r.r3f(f, embeddings, output, task, mask)
+        if r.runs("rdrop", task):
+            terms["rdrop"] = r.rdrop(self.model, task, batch, output)
+        if r.runs("bregman", task):
+            terms["bregman"] = r.bregman(task, batch, output)
         return terms
 
 
@@ -159,10 +178,10 @@ class Trainer:
     def __init__(self, model: MultitaskBert, train_sets: dict[str, EncodedTask], dev_sets: dict[str, EncodedTask],
                  settings: TrainSettings, device: torch.device, out_dir: Path,
                  on_new_best: Callable[[MultitaskBert, EpochRecord], None] | None = None,
-                 regularizer: Regularizer | None = None, teacher: MeanTeacher | None = None,
-                 evaluate_teacher: bool = False, on_checkpoint: Callable[[Trainer], None] | None = None,
+                 regularizers: Regularizers | None = None, teacher: MeanTeacher | None = None,
+                 evaluate_teacher: bool = False, on_save_state: Callable[[Trainer], None] | None = None,
                  save_every: int = 0, progress_interval: float = DEFAULT_INTERVAL) -> None:
-        """`on_checkpoint(trainer)` is called every `save_every` updates (0: never mid-epoch) and after
+        """`on_save_state(trainer)` is called every `save_every` updates (0: never mid-epoch) and after
         each epoch, at a point where the run can be continued exactly from `state_dict()`.
         `progress_interval`: the least number of seconds between two progress lines, which replace
         the bar when it is not drawn (output to a log file, CI)."""
@@ -172,14 +191,14 @@ class Trainer:
         self.model = model.to(device)
         self.train_sets, self.dev_sets = train_sets, dev_sets
         self.settings, self.device, self.out_dir = settings, device, Path(out_dir)
-        self.on_new_best, self.regularizer, self.teacher = on_new_best, regularizer, teacher
+        self.on_new_best, self.regularizers, self.teacher = on_new_best, regularizers, teacher
         if evaluate_teacher and teacher is None:
             raise ValueError("evaluate_teacher needs a teacher")
         # The model that is scored and kept: the weight average when there is one to evaluate.
         self.eval_model: MultitaskBert = teacher.model if evaluate_teacher else self.model
-        self.on_checkpoint, self.save_every = on_checkpoint, save_every
+        self.on_save_state, self.save_every = on_save_state, save_every
         self.progress_interval = progress_interval
-        self.loss_terms: nn.Module = StepLoss(self.model, regularizer)
+        self.loss_terms: nn.Module = StepLoss(self.model, regularizers)
         self.samplers = {name: BucketBatchSampler(ds.lengths(), settings.batch_size, seed=settings.seed)
                          for name, ds in train_sets.items()}
         self.steps_per_epoch = sum(len(s) for s in self.samplers.values())
@@ -226,12 +245,12 @@ class Trainer:
                 if self.on_new_best is not None:
                     self.on_new_best(self.eval_model, record)
             self.progress = None
-            self.checkpoint()
+            self.save_state()
         return self.history
 
-    def checkpoint(self) -> None:
-        if self.on_checkpoint is not None:
-            self.on_checkpoint(self)
+    def save_state(self) -> None:
+        if self.on_save_state is not None:
+            self.on_save_state(self)
 
     def state_dict(self) -> dict:
         """Where training stands, as plain values and tensors: counters, history, optimiser, schedule.
@@ -316,7 +335,7 @@ class Trainer:
                 # epoch's last update is followed by the end-of-epoch checkpoint anyway.
                 if self.save_every and self.updates % self.save_every == 0 and step + 1 < len(plan):
                     progress.step, progress.seconds = step + 1, time.perf_counter() - start
-                    self.checkpoint()
+                    self.save_state()
             bar.set_postfix(loss=f"{reported_loss.item():.3f}", refresh=False)
             if lines is not None:
                 lines.add(len(indices), {f"{key} loss": value for key, value in values.items()})

@@ -4,7 +4,7 @@ Every contender runs on the same weights and the same batches, interleaved, and 
 `--reps` timed repetitions after warm-up is reported, so machine noise hits all alike. bf16 is
 autocast (fp32 weights) for both implementations.
 
-    python scripts/bench.py                    # the full table (its run time: README, Performance)
+    python scripts/bench.py                    # the full table
     python scripts/bench.py --quick            # fewer lengths and repetitions, to check it runs
     python scripts/bench.py --json results/bench.json
 """

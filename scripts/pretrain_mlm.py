@@ -31,7 +31,7 @@ from minbert.flags import (DefaultsHelpFormatter, OneLineErrorParser, integer, n
 from minbert.masking import MaskingVocab  # noqa: E402
 from minbert.precision import PRECISION_HELP, PRECISIONS, resolve_precision  # noqa: E402
 from minbert.mlm import BertForMaskedLM  # noqa: E402
-from minbert.pretrain import MLMPretrainer, PretrainingAborted, PretrainSettings  # noqa: E402
+from minbert.mlm_training import MLMSettings, MLMTrainer, MLMTrainingAborted  # noqa: E402
 from minbert.progress import DEFAULT_INTERVAL  # noqa: E402
 from multitask.corpus import pretraining_texts, training_files  # noqa: E402
 from multitask.data import DataError  # noqa: E402
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the held-out split (kept apart from --seed so runs share one held-out set)")
     p.add_argument("--max_length", type=integer(8), default=128, help="tokens per packed row, [CLS] included")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--max_steps", type=positive_int, default=PretrainSettings.max_steps, help="updates to run")
+    length.add_argument("--max_steps", type=positive_int, default=MLMSettings.max_steps, help="updates to run")
     length.add_argument("--epochs", type=positive, default=None, help="passes over the training rows, instead of --max_steps")
     p.add_argument("--batch_size", type=positive_int, default=32, help="packed rows per update")
     p.add_argument("--eval_batch_size", type=positive_int, default=64, help="rows per held-out forward pass")
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup_ratio", type=number(0.0, 1.0, high_open=True), default=0.06, help="share of the updates spent warming up")
     p.add_argument("--mask_probability", type=number(0.0, 1.0, low_open=True), default=0.15, help="share of tokens selected for prediction")
     p.add_argument("--whole_word_mask", action="store_true", help="select whole words (a token and its ## pieces)")
-    p.add_argument("--eval_every", type=positive_int, default=PretrainSettings.eval_every,
+    p.add_argument("--eval_every", type=positive_int, default=MLMSettings.eval_every,
                    help="evaluate on the held-out rows every N updates")
     p.add_argument("--seed", type=seed, default=11711, help="head initialisation, batch order and training masks")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto takes CUDA when present")
@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
-    except (CheckpointError, DataError, DeviceError, PretrainingAborted, FileNotFoundError, ValueError) as err:
+    except (CheckpointError, DataError, DeviceError, MLMTrainingAborted, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     started = time.perf_counter()
-    settings = PretrainSettings(
+    settings = MLMSettings(
         max_steps=args.max_steps, epochs=args.epochs,
         batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, mask_probability=args.mask_probability,
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         log.info("MLM head loaded from the checkpoint's cls.predictions tensors")
     else:
         log.info("the checkpoint has no MLM head (cls.predictions.*): it starts from BERT's initialisation")
-    trainer = MLMPretrainer(model, MaskingVocab.from_tokenizer(tokenizer), train, held_out, settings, device)
+    trainer = MLMTrainer(model, MaskingVocab.from_tokenizer(tokenizer), train, held_out, settings, device)
     log.info("%d updates of %d rows (%.2f passes over the training rows)", trainer.total, settings.batch_size,
              trainer.total * settings.batch_size / len(train))
 

@@ -13,7 +13,7 @@ from minbert import BertModel
 from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups
 from minbert.mlm import BertForMaskedLM
 from minbert.optimizer import is_decayed
-from minbert.pretrain import PretrainingAborted
+from minbert.mlm_training import MLMTrainingAborted
 from multitask.ablation import read_metrics
 from multitask.model import MultitaskBert
 from multitask.train import TrainingAborted, build_optimizer
@@ -89,11 +89,11 @@ def test_guard_counts_logs_the_values_and_raises_one_past_the_limit(caplog):
 
 
 def test_guard_without_a_flag_and_the_abort_types_callers_catch():
-    guard = NonFiniteGuard(0, PretrainingAborted)
-    with pytest.raises(PretrainingAborted, match=r"^1 steps had non-finite losses \(limit 0\); lower --lr"):
+    guard = NonFiniteGuard(0, MLMTrainingAborted)
+    with pytest.raises(MLMTrainingAborted, match=r"^1 steps had non-finite losses \(limit 0\); lower --lr"):
         guard.skip("step", {"loss": float("nan")})
     # One base class: code that catches TooManyBadSteps sees both loops' aborts.
-    assert issubclass(TrainingAborted, TooManyBadSteps) and issubclass(PretrainingAborted, TooManyBadSteps)
+    assert issubclass(TrainingAborted, TooManyBadSteps) and issubclass(MLMTrainingAborted, TooManyBadSteps)
     with pytest.raises(TooManyBadSteps):
         NonFiniteGuard(0).skip("step", {"loss": float("nan")})
 

@@ -312,13 +312,13 @@ def test_multitask_classifier_starts_from_the_adapted_encoder(mlm_run, tmp_path)
 
 
 def test_loop_lowers_held_out_loss_and_epochs_set_the_run_length(tokenizer, vocab):
-    from minbert.pretrain import MLMPretrainer, PretrainSettings
+    from minbert.mlm_training import MLMSettings, MLMTrainer
 
     torch.manual_seed(0)
     model = BertForMaskedLM(BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)))
     rows = tokenise_and_pack(read_column(DATA / "ids-sst-train.csv", "sentence", limit=60), tokenizer, 32)
-    settings = PretrainSettings(epochs=5, batch_size=8, lr=1e-2, eval_every=10, whole_word_mask=True)
-    trainer = MLMPretrainer(model, vocab, rows, rows, settings)
+    settings = MLMSettings(epochs=5, batch_size=8, lr=1e-2, eval_every=10, whole_word_mask=True)
+    trainer = MLMTrainer(model, vocab, rows, rows, settings)
     assert trainer.total == 5 * -(-len(rows) // 8)
     lines = []
     history = trainer.train(report=lines.append, progress_lines=0)

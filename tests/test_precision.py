@@ -56,7 +56,7 @@ def test_bf16_training_keeps_fp32_weights_optimiser_state_and_teacher(tmp_path):
     tasks = tiny_tasks()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = Trainer(model, tasks, tasks, TrainSettings(epochs=1, batch_size=8, lr=1e-3, seed=0, precision="bf16"),
-                      CPU, tmp_path, regularizer=regularizers, teacher=regularizers.teacher)
+                      CPU, tmp_path, regularizers=regularizers, teacher=regularizers.teacher)
     history = trainer.train()
     assert all(torch.isfinite(torch.tensor(list(r.train_losses.values()))).all() for r in history)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items()), "nothing trained"

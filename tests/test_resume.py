@@ -72,8 +72,8 @@ def tiny_trainer(out_dir: Path, smart: bool, grad_accum: int = 1, crash_at_updat
     trainer = CrashingTrainer(model, tasks, tasks,
                               TrainSettings(epochs=2, batch_size=8, lr=1e-3, seed=0, grad_accum=grad_accum,
                                             precision=precision),
-                              torch.device("cpu"), out_dir, regularizer=regularizers, teacher=teacher,
-                              on_checkpoint=lambda t: run_state.save(t, teacher), save_every=2)
+                              torch.device("cpu"), out_dir, regularizers=regularizers, teacher=teacher,
+                              on_save_state=lambda t: run_state.save(t, teacher), save_every=2)
     return trainer, run_state, regularizers
 
 

@@ -38,7 +38,7 @@ def train_tiny(settings: RegularizerSettings | None, epochs: int = 1, tmp_path=N
     regularizers = Regularizers(settings, teacher) if settings is not None else None
     tasks = tiny_tasks()
     trainer = Trainer(model, tasks, tasks, TrainSettings(epochs=epochs, batch_size=8, lr=1e-3, seed=0, precision="fp32"),
-                      torch.device("cpu"), tmp_path, regularizer=regularizers, teacher=teacher)
+                      torch.device("cpu"), tmp_path, regularizers=regularizers, teacher=teacher)
     return model, trainer.train()
 
 

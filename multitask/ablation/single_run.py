@@ -198,9 +198,9 @@ def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: P
         return RunResult(config.name, seed, "failed", str(directory), wall_seconds=round(wall, 1),
                          error=f"{reason} (log: {log_path})")
     if not settings.keep_checkpoints:
-        # An encoder copy per run (90 MB for MiniLM, 440 MB for BERT-base) adds up over a grid;
-        # the scores and predictions are what an ablation keeps. The resume state (optimiser
-        # moments, teacher) is larger still and of no use once the run is finished.
+        # An encoder copy per run adds up over a grid; the scores and predictions are what an
+        # ablation keeps. The resume state (optimiser moments, teacher) is larger still and of no
+        # use once the run is finished.
         shutil.rmtree(directory / "best", ignore_errors=True)
         shutil.rmtree(directory / STATE_DIR, ignore_errors=True)
     atomic_write_text(directory / DONE, json.dumps({"signature": signature, "command": command,

@@ -23,7 +23,7 @@ from minbert.progress import ProgressReporter
 log = logging.getLogger(__name__)
 
 
-class PretrainingAborted(TooManyBadSteps):
+class MLMTrainingAborted(TooManyBadSteps):
     """Too many MLM steps produced a non-finite loss."""
 
 
@@ -36,10 +36,10 @@ class ProgressBar(Protocol):
 
 
 @dataclass
-class PretrainSettings:
+class MLMSettings:
     """Optimisation and evaluation settings of one MLM run."""
 
-    # 300 updates of 32 x 128 tokens: about one pass over the course corpus (its time is in the README).
+    # 300 updates of 32 x 128 tokens: about one pass over the course corpus.
     max_steps: int = 300
     epochs: float | None = None  # when set, the run length in passes over the training rows instead
     batch_size: int = 32
@@ -72,11 +72,11 @@ class PretrainSettings:
         return max(1, math.ceil(self.epochs * math.ceil(rows / self.batch_size)))
 
 
-class MLMPretrainer:
+class MLMTrainer:
     """Trains a BertForMaskedLM on packed rows, masking each batch afresh (dynamic masking, as RoBERTa)."""
 
     def __init__(self, model: BertForMaskedLM, vocab: MaskingVocab, train: PackedSequences,
-                 held_out: PackedSequences, settings: PretrainSettings, device: torch.device | str = "cpu") -> None:
+                 held_out: PackedSequences, settings: MLMSettings, device: torch.device | str = "cpu") -> None:
         if len(train) == 0 or len(held_out) == 0:
             raise ValueError(f"need training and held-out rows, got {len(train)} and {len(held_out)}")
         self.device = torch.device(device)
@@ -88,7 +88,7 @@ class MLMPretrainer:
         self.scheduler = warmup_linear_decay(self.optimizer, int(settings.warmup_ratio * self.total), self.total)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.step = 0
-        self.guard = NonFiniteGuard(settings.max_bad_steps, PretrainingAborted, logger=log)
+        self.guard = NonFiniteGuard(settings.max_bad_steps, MLMTrainingAborted, logger=log)
 
     @property
     def bad_steps(self) -> int:
