@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        run(settings)
+        train_and_predict(settings)
     except (DataError, CheckpointError, TrainingAborted, DeviceError, DistributedError) as err:
         sys.exit(f"error: {err}")
     finally:
@@ -94,7 +94,8 @@ def max_positions(pretrained: Path | None) -> int | None:
         return None
 
 
-def run(settings: Settings) -> None:
+def train_and_predict(settings: Settings) -> None:
+    """Train as the settings say (or only predict), keep the best checkpoint, write the prediction files."""
     run, model_settings = settings.run, settings.model
     tasks = run.tasks
     env, device = start(run.device, run.use_gpu)

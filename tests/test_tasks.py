@@ -80,3 +80,18 @@ def test_a_task_declared_once_gets_flags_a_head_and_a_prediction_format(monkeypa
     assert read_predictions(path).task == "toy" and read_predictions(path).values == [2, 0]
     with pytest.raises(ValueError, match="0..2"):
         write_predictions(tmp_path / "bad.csv", "toy", ["a"], [3])
+
+
+def test_help_shows_each_default_once_and_every_flag_explained():
+    parser = build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        text = formatter._expand_help(action) if action.help else ""
+        assert text, f"{action.option_strings[0]} has no help"
+        shown = text.count("(default")
+        switch = action.default is None or action.default is False
+        # A value default is printed once by the formatter; a switch or a None default that the
+        # help explains in words ("default: every task") at most once.
+        assert shown == (0 if switch and "(default" not in action.help else 1), (action.option_strings[0], text)
