@@ -114,10 +114,14 @@ def flag_dest(item: Field) -> str:
     return flag_name(item)[2:]
 
 
-def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings: type) -> None:
-    """Add a flag for each `flag(...)` field of the dataclass `settings`, in field order."""
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings: type,
+              only: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> None:
+    """Add a flag for each `flag(...)` field of the dataclass `settings`, in field order.
+
+    `only`/`exclude` pick fields by name, e.g. to put two of them in a mutually exclusive group.
+    """
     for item in fields(settings):
-        if not is_flag(item):
+        if not is_flag(item) or (only is not None and item.name not in only) or item.name in exclude:
             continue
         meta = item.metadata
         if meta["negated"]:

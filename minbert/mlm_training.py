@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from minbert.corpus import PackedSequences
+from minbert.flags import flag, non_negative, number, positive, positive_int
+from minbert.flags import seed as seed_type
 from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups
 from minbert.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
 from minbert.mlm import BertForMaskedLM
 from minbert.optimizer import AdamW, warmup_linear_decay
-from minbert.precision import autocast
+from minbert.precision import PRECISION_HELP, PRECISIONS, autocast
 from minbert.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -40,22 +42,24 @@ class MLMSettings:
     """Optimisation and evaluation settings of one MLM run."""
 
     # 300 updates of 32 x 128 tokens: about one pass over the course corpus.
-    max_steps: int = 300
-    epochs: float | None = None  # when set, the run length in passes over the training rows instead
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
+    max_steps: int = flag(300, "updates to run", type=positive_int)
+    epochs: float | None = flag(None, "passes over the training rows, instead of --max_steps", type=positive)
+    batch_size: int = flag(32, "packed rows per update", type=positive_int)
+    eval_batch_size: int = flag(64, "rows per held-out forward pass", type=positive_int)
+    lr: float = flag(1e-4, "peak learning rate", type=positive)
+    weight_decay: float = flag(0.01, "AdamW decoupled decay (not on biases, LayerNorm)", type=non_negative)
+    warmup_ratio: float = flag(0.06, "share of the updates spent warming up", type=number(0.0, 1.0, high_open=True))
     max_grad_norm: float = 1.0
-    mask_probability: float = 0.15
-    whole_word_mask: bool = False
-    eval_every: int = 50
-    seed: int = 0
+    mask_probability: float = flag(0.15, "share of tokens selected for prediction",
+                                   type=number(0.0, 1.0, low_open=True, high_open=True))
+    whole_word_mask: bool = flag(False, "select whole words (a token and its ## pieces)")
+    eval_every: int = flag(50, "evaluate on the held-out rows every N updates", type=positive_int)
+    seed: int = flag(11711, "head initialisation, batch order and training masks", type=seed_type)
     # Evaluation always draws its masks from this seed, so every evaluation scores the same task.
     eval_mask_seed: int = 1234
     max_bad_steps: int = 20
-    precision: str = "fp32"  # "fp32" or "bf16" autocast (weights and optimiser state stay fp32)
+    # "auto" is resolved by the caller (minbert.precision.resolve_precision) before training.
+    precision: str = flag("auto", PRECISION_HELP, choices=PRECISIONS)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "eval_batch_size", "eval_every"):

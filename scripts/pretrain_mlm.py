@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minbert import CheckpointError, load_tokenizer  # noqa: E402
 from minbert.atomic import atomic_write_text, replaced_directory  # noqa: E402
 from minbert.corpus import dedupe, split_held_out, tokenise_and_pack  # noqa: E402
-from minbert.flags import (DefaultsHelpFormatter, OneLineErrorParser, integer, non_negative, number,  # noqa: E402
-                           positive, positive_int, seed)
+from minbert.flags import (DefaultsHelpFormatter, OneLineErrorParser, add_flags, from_flags, integer,  # noqa: E402
+                           number, seed)
 from minbert.masking import MaskingVocab  # noqa: E402
-from minbert.precision import PRECISION_HELP, PRECISIONS, resolve_precision  # noqa: E402
+from minbert.precision import resolve_precision  # noqa: E402
 from minbert.mlm import BertForMaskedLM  # noqa: E402
 from minbert.mlm_training import MLMSettings, MLMTrainer, MLMTrainingAborted  # noqa: E402
 from minbert.progress import DEFAULT_INTERVAL  # noqa: E402
@@ -60,21 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split_seed", type=seed, default=0,
                    help="seed of the held-out split (kept apart from --seed so runs share one held-out set)")
     p.add_argument("--max_length", type=integer(8), default=128, help="tokens per packed row, [CLS] included")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--max_steps", type=positive_int, default=MLMSettings.max_steps, help="updates to run")
-    length.add_argument("--epochs", type=positive, default=None, help="passes over the training rows, instead of --max_steps")
-    p.add_argument("--batch_size", type=positive_int, default=32, help="packed rows per update")
-    p.add_argument("--eval_batch_size", type=positive_int, default=64, help="rows per held-out forward pass")
-    p.add_argument("--lr", type=positive, default=1e-4, help="peak learning rate")
-    p.add_argument("--weight_decay", type=non_negative, default=0.01, help="AdamW decoupled decay (not on biases, LayerNorm)")
-    p.add_argument("--warmup_ratio", type=number(0.0, 1.0, high_open=True), default=0.06, help="share of the updates spent warming up")
-    p.add_argument("--mask_probability", type=number(0.0, 1.0, low_open=True), default=0.15, help="share of tokens selected for prediction")
-    p.add_argument("--whole_word_mask", action="store_true", help="select whole words (a token and its ## pieces)")
-    p.add_argument("--eval_every", type=positive_int, default=MLMSettings.eval_every,
-                   help="evaluate on the held-out rows every N updates")
-    p.add_argument("--seed", type=seed, default=11711, help="head initialisation, batch order and training masks")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto takes CUDA when present")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    # The optimisation flags come from MLMSettings, where their defaults are written.
+    add_flags(p.add_mutually_exclusive_group(), MLMSettings, only=("max_steps", "epochs"))
+    add_flags(p, MLMSettings, exclude=("max_steps", "epochs"))
     return p
 
 
@@ -95,15 +84,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def run(args: argparse.Namespace) -> list[dict]:
     started = time.perf_counter()
-    settings = MLMSettings(
-        max_steps=args.max_steps, epochs=args.epochs,
-        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, mask_probability=args.mask_probability,
-        whole_word_mask=args.whole_word_mask, eval_every=args.eval_every, seed=args.seed)
     device = pick_device(args.device)
-    settings.precision = resolve_precision(args.precision, device)
+    settings = from_flags(MLMSettings, args)
+    settings.precision = resolve_precision(settings.precision, device)
     log.info("precision: %s", settings.precision)
-    seed_everything(args.seed)
+    seed_everything(settings.seed)
     tokenizer = load_tokenizer(args.pretrained)
     texts = pretraining_texts(args.data_dir, args.corpus)
     documents = dedupe(texts)

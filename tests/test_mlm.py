@@ -317,7 +317,8 @@ def test_loop_lowers_held_out_loss_and_epochs_set_the_run_length(tokenizer, voca
     torch.manual_seed(0)
     model = BertForMaskedLM(BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)))
     rows = tokenise_and_pack(read_column(DATA / "ids-sst-train.csv", "sentence", limit=60), tokenizer, 32)
-    settings = MLMSettings(epochs=5, batch_size=8, lr=1e-2, eval_every=10, whole_word_mask=True)
+    settings = MLMSettings(epochs=5, batch_size=8, lr=1e-2, eval_every=10, whole_word_mask=True, seed=0,
+                           precision="fp32")
     trainer = MLMTrainer(model, vocab, rows, rows, settings)
     assert trainer.total == 5 * -(-len(rows) // 8)
     lines = []
