@@ -25,13 +25,13 @@ from multitask.distributed import (DistributedError, dump_final_state, global_ba
 from multitask.evaluate import overall, predict
 from multitask.model import MIN_LENGTH, MultitaskBert
 from multitask.predictions import write_predictions
-from multitask.regularizers import RegularizerSettings, Regularizers, mean_teacher
+from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
 from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
 from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.settings import RunSettings, Settings, build_parser, settings_from
 from multitask.tasks import TASKS, Task
 from multitask.train import DEFAULT_LR, TrainingAborted, TrainSettings, format_epoch
-from smart import MeanTeacher
+from smart import WeightAverage
 
 log = logging.getLogger("multitask")
 
@@ -149,7 +149,7 @@ def train_and_predict(settings: Settings) -> None:
         env.barrier()
 
     trainer = make_trainer(env, model, train_sets, dev_sets, train, device, run.out_dir, on_new_best=keep_best,
-                           regularizers=regularizers, teacher=average, evaluate_teacher=run.average_weights,
+                           regularizers=regularizers, average=average, score_average=run.average_weights,
                            on_save_state=save_state, save_every=run.save_every)
     if env.is_main:
         for line in banner(settings, train, trainer, device):
@@ -243,13 +243,13 @@ def check_regularizer_flags(regularizers: RegularizerSettings, run: RunSettings)
                         "freezes the encoder; add --option finetune")
 
 
-def weight_average(model: MultitaskBert, settings: Settings) -> MeanTeacher | None:
+def weight_average(model: MultitaskBert, settings: Settings) -> WeightAverage | None:
     """The run's one moving average of the weights, or None when nothing uses it.
 
     It is scored and kept unless --no_ema, and it is the target of SMART's Bregman term.
     """
-    if settings.run.average_weights or settings.regularizers.uses_teacher:
-        return mean_teacher(model, settings.regularizers.bregman_beta)
+    if settings.run.average_weights or settings.regularizers.needs_average:
+        return new_weight_average(model, settings.regularizers.bregman_beta)
     return None
 
 

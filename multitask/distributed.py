@@ -19,7 +19,7 @@ from multitask.model import MultitaskBert
 from multitask.runtime import pick_device, to_device
 from multitask.tasks import TASKS
 from multitask.train import Trainer
-from smart import MeanTeacher
+from smart import WeightAverage
 
 T = TypeVar("T")
 
@@ -186,10 +186,10 @@ class ParallelTrainer(Trainer):
         # Wrapping construction broadcasts rank 0's parameters to all ranks.
         self.loss_terms = DistributedDataParallel(self.loss_terms, device_ids=device_ids,
                                                   find_unused_parameters=True)
-        if self.teacher is not None:
-            # The teacher was copied from the student before that broadcast; start it from rank 0 too.
+        if self.average is not None:
+            # The average was copied from the student before that broadcast; start it from rank 0 too.
             with torch.no_grad():
-                for tensor in self.teacher.model.state_dict().values():
+                for tensor in self.average.model.state_dict().values():
                     dist.broadcast(tensor, src=0)
         torch.manual_seed(rank_seed(self.settings.seed, env.rank))
 
@@ -218,7 +218,7 @@ def make_trainer(env: DistEnv, *args, **kwargs) -> Trainer:
     return ParallelTrainer(*args, env=env, **kwargs) if env.is_distributed else Trainer(*args, **kwargs)
 
 
-def dump_final_state(model: MultitaskBert, teacher: MeanTeacher | None, env: DistEnv) -> Path | None:
+def dump_final_state(model: MultitaskBert, teacher: WeightAverage | None, env: DistEnv) -> Path | None:
     """Test hook: with $MINBERT_DUMP_FINAL_STATE set, write this rank's final student (and teacher).
 
     Every rank writes its own file — the one exception to "only rank 0 writes" — because the

@@ -10,7 +10,7 @@ import torch
 from minbert.flags import flag, non_negative, positive, positive_int, probability
 from multitask.model import MultitaskBert
 from multitask.tasks import TASKS, parse_task_names
-from smart import DropoutReplay, MeanTeacher, bregman_loss, divergence, r3f_loss, smoothness_loss
+from smart import DropoutReplay, WeightAverage, bregman_loss, divergence, r3f_loss, smoothness_loss
 
 # The weight average (what is scored, and SMART's Bregman target: the paper's mean teacher) keeps the
 # paper's β schedule, capped so that its time constant is at most a quarter of the run. The cap
@@ -19,9 +19,9 @@ from smart import DropoutReplay, MeanTeacher, bregman_loss, divergence, r3f_loss
 TEACHER_WINDOW_FRACTION = 0.25
 
 
-def mean_teacher(model: MultitaskBert, beta: float | None) -> MeanTeacher:
+def new_weight_average(model: MultitaskBert, beta: float | None) -> WeightAverage:
     """The run's weight average: `beta` constant, or None for the paper's schedule under the cap."""
-    return MeanTeacher(model, beta=beta, window_fraction=TEACHER_WINDOW_FRACTION)
+    return WeightAverage(model, beta=beta, window_fraction=TEACHER_WINDOW_FRACTION)
 
 
 DROPOUT_MODES = ("shared", "independent")
@@ -80,7 +80,7 @@ class RegularizerSettings:
         return self.smart and not self.no_bregman
 
     @property
-    def uses_teacher(self) -> bool:
+    def needs_average(self) -> bool:
         """Whether the Bregman term runs, and so needs the run's weight average."""
         return self.bregman and self.bregman_mu != 0
 
@@ -108,16 +108,16 @@ class Regularizers:
     `multitask.train.StepLoss.forward`.
     """
 
-    def __init__(self, settings: RegularizerSettings, teacher: MeanTeacher | None = None) -> None:
-        """`teacher`: the run's weight average, which the Bregman term pulls towards (needed only with it)."""
+    def __init__(self, settings: RegularizerSettings, average: WeightAverage | None = None) -> None:
+        """`average`: the run's weight average, which the Bregman term pulls towards (needed only with it)."""
         self.settings = settings
-        if self.uses_teacher and teacher is None:
-            raise ValueError("the Bregman term needs the run's weight average as its teacher")
-        self.teacher = teacher if self.uses_teacher else None
+        if self.needs_average and average is None:
+            raise ValueError("the Bregman term needs the run's weight average")
+        self.average = average if self.needs_average else None
 
     @property
-    def uses_teacher(self) -> bool:
-        return self.settings.uses_teacher
+    def needs_average(self) -> bool:
+        return self.settings.needs_average
 
     def runs(self, term: str, task: str) -> bool:
         """Whether `term` is switched on with a nonzero weight, for this task's steps."""
@@ -126,7 +126,7 @@ class Regularizers:
             "adversarial": (s.adversarial, s.smart_lambda, s.smart_tasks),
             "r3f": (s.r3f, s.r3f_lambda, s.r3f_tasks),
             "rdrop": (s.rdrop, s.rdrop_alpha, s.rdrop_tasks),
-            "bregman": (self.teacher is not None, s.bregman_mu, s.smart_tasks),
+            "bregman": (self.average is not None, s.bregman_mu, s.smart_tasks),
         }[term]
         return switched and weight != 0 and runs_on(task, tasks)
 
@@ -161,8 +161,8 @@ class Regularizers:
         return self.settings.rdrop_alpha * divergence(TASKS[task].kind, second, output)
 
     def bregman(self, task: str, batch: dict[str, torch.Tensor], output: torch.Tensor) -> torch.Tensor:
-        # The teacher is a fixed target: no dropout, no graph.
-        self.teacher.model.eval()
+        # The average is a fixed target (SMART's teacher): no dropout, no graph.
+        self.average.model.eval()
         with torch.no_grad():
-            teacher_output = self.teacher.model(task, batch)
+            teacher_output = self.average.model(task, batch)
         return self.settings.bregman_mu * bregman_loss(output, teacher_output, TASKS[task].kind)

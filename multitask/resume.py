@@ -16,7 +16,7 @@ from minbert import CheckpointError
 from minbert.atomic import atomic_path
 from minbert.weights import read_tensors, save_tensors
 from multitask.train import Trainer
-from smart import MeanTeacher
+from smart import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class RunState:
 
     `state.pt` (torch.save of plain values and tensors, read with weights_only=True) holds the
     optimiser, LR schedule, RNG states, position in the epoch plan, running totals and metrics
-    history; `weights-<n>.safetensors` holds the model, the SMART teacher and any pending
+    history; `weights-<n>.safetensors` holds the model, the weight average and any pending
     gradients. Each save writes a new weights file, then replaces `state.pt` atomically, then
     deletes what the new state no longer names: a kill at any moment leaves one complete state.
     """
@@ -116,19 +116,20 @@ class RunState:
         if self.directory.is_dir() and not any(self.directory.iterdir()):
             self.directory.rmdir()
 
-    def save(self, trainer: Trainer, teacher: MeanTeacher | None = None) -> None:
+    def save(self, trainer: Trainer, average: WeightAverage | None = None) -> None:
         """Save everything needed to continue `trainer` exactly; call only between updates."""
         self.serial += 1
         weights_name = f"weights-{self.serial:06d}.safetensors"
         tensors = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
-        if teacher is not None:
-            tensors.update({f"teacher.{k}": v for k, v in teacher.state_dict().items()})
+        # "teacher" in the state's keys: the format predates the name "weight average".
+        if average is not None:
+            tensors.update({f"teacher.{k}": v for k, v in average.state_dict().items()})
         # Normally empty (updates clear gradients), but a skipped non-finite step at the end of an
         # accumulation group leaves gradients that the next update still adds in.
         tensors.update({f"grad.{name}": p.grad for name, p in trainer.model.named_parameters() if p.grad is not None})
         save_tensors(tensors, self.directory / weights_name)
         state = {"format": FORMAT, "serial": self.serial, "weights": weights_name,
-                 "fingerprint": json.dumps(self.fingerprint, sort_keys=True), "has_teacher": teacher is not None,
+                 "fingerprint": json.dumps(self.fingerprint, sort_keys=True), "has_teacher": average is not None,
                  "trainer": trainer.state_dict(), "rng": capture_rng()}
         with atomic_path(self.state_file) as tmp:
             torch.save(state, tmp)
@@ -182,15 +183,15 @@ class RunState:
                                   "or drop --resume (or pick another --out_dir) to start over")
         return state
 
-    def restore(self, state: dict, trainer: Trainer, teacher: MeanTeacher | None = None) -> None:
-        """Put a state from `load` back into a freshly built trainer (and teacher), RNGs last."""
+    def restore(self, state: dict, trainer: Trainer, average: WeightAverage | None = None) -> None:
+        """Put a state from `load` back into a freshly built trainer (and weight average), RNGs last."""
         weights_file = self.directory / state["weights"]
         if not weights_file.is_file():
             raise CheckpointError(f"{weights_file}: missing, but {self.state_file} names it; "
                                   f"delete {self.directory} to start over")
-        if state["has_teacher"] != (teacher is not None):
+        if state["has_teacher"] != (average is not None):
             raise CheckpointError(f"{self.state_file}: the saved run {'had' if state['has_teacher'] else 'had no'} "
-                                  "mean teacher (weight average) but this one has the opposite; check "
+                                  "weight average but this one has the opposite; check "
                                   "--no_ema / --smart / --no_bregman")
         tensors = read_tensors(weights_file)
         parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "teacher": {}, "grad": {}}
@@ -201,8 +202,8 @@ class RunState:
             parts[part][name] = tensor
         try:
             trainer.model.load_state_dict(parts["model"], strict=True)
-            if teacher is not None:
-                teacher.load_state_dict(parts["teacher"], strict=True)
+            if average is not None:
+                average.load_state_dict(parts["teacher"], strict=True)
             params = dict(trainer.model.named_parameters())
             for name, grad in parts["grad"].items():
                 params[name].grad = grad.to(params[name].device)

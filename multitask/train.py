@@ -8,7 +8,7 @@ One training step, file by file:
    the output; `Task.loss` (multitask/tasks.py) the task term; `Regularizers` (multitask/regularizers.py,
    on smart/) each switched-on term.
 3. `Trainer.update` (here) clips, steps AdamW (minbert/optimizer.py) and the schedule, and moves
-   the weight average (smart/teacher.py).
+   the weight average (smart/weight_average.py).
 4. After each epoch `Trainer.evaluate` scores dev (multitask/evaluate.py); the CLI keeps the best
    checkpoint (multitask/checkpoint.py) and saves the resume state (multitask/resume.py).
 """
@@ -42,7 +42,7 @@ from multitask.regularizers import Regularizers
 from multitask.runtime import show_progress, to_device
 from multitask.schedule import SCHEDULES, task_order
 from multitask.tasks import TASKS
-from smart import DropoutReplay, MeanTeacher
+from smart import DropoutReplay, WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,9 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head
 class Trainer:
     """Trains a MultitaskBert on several tasks at once and evaluates it on their dev sets each epoch.
 
-    `teacher`, if given, is moved towards the model after every update (an exponential moving
-    average of the weights; SMART's Bregman term uses the same one). With `evaluate_teacher` it is
-    the teacher that is scored on dev and handed to `on_new_best`. `on_new_best` is called in
+    `average`, if given, is moved towards the model after every update (an exponential moving
+    average of the weights; SMART's Bregman term uses the same one). With `score_average` it is
+    the average that is scored on dev and handed to `on_new_best`. `on_new_best` is called in
     every process of a distributed run; it decides who writes.
     """
 
@@ -178,8 +178,8 @@ class Trainer:
     def __init__(self, model: MultitaskBert, train_sets: dict[str, EncodedTask], dev_sets: dict[str, EncodedTask],
                  settings: TrainSettings, device: torch.device, out_dir: Path,
                  on_new_best: Callable[[MultitaskBert, EpochRecord], None] | None = None,
-                 regularizers: Regularizers | None = None, teacher: MeanTeacher | None = None,
-                 evaluate_teacher: bool = False, on_save_state: Callable[[Trainer], None] | None = None,
+                 regularizers: Regularizers | None = None, average: WeightAverage | None = None,
+                 score_average: bool = False, on_save_state: Callable[[Trainer], None] | None = None,
                  save_every: int = 0, progress_interval: float = DEFAULT_INTERVAL) -> None:
         """`on_save_state(trainer)` is called every `save_every` updates (0: never mid-epoch) and after
         each epoch, at a point where the run can be continued exactly from `state_dict()`.
@@ -191,11 +191,11 @@ class Trainer:
         self.model = model.to(device)
         self.train_sets, self.dev_sets = train_sets, dev_sets
         self.settings, self.device, self.out_dir = settings, device, Path(out_dir)
-        self.on_new_best, self.regularizers, self.teacher = on_new_best, regularizers, teacher
-        if evaluate_teacher and teacher is None:
-            raise ValueError("evaluate_teacher needs a teacher")
+        self.on_new_best, self.regularizers, self.average = on_new_best, regularizers, average
+        if score_average and average is None:
+            raise ValueError("score_average needs a weight average")
         # The model that is scored and kept: the weight average when there is one to evaluate.
-        self.eval_model: MultitaskBert = teacher.model if evaluate_teacher else self.model
+        self.eval_model: MultitaskBert = average.model if score_average else self.model
         self.on_save_state, self.save_every = on_save_state, save_every
         self.progress_interval = progress_interval
         self.loss_terms: nn.Module = StepLoss(self.model, regularizers)
@@ -255,7 +255,7 @@ class Trainer:
     def state_dict(self) -> dict:
         """Where training stands, as plain values and tensors: counters, history, optimiser, schedule.
 
-        Model weights, the teacher and RNG states are not here; `multitask.resume` saves those.
+        Model weights, the weight average and RNG states are not here; `multitask.resume` saves those.
         """
         return {"updates": self.updates, "bad_steps": self.bad_steps, "best_mean": self.best_mean,
                 "history": [dataclasses.asdict(r) for r in self.history],
@@ -375,8 +375,8 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
-        if self.teacher is not None:
-            self.teacher.update(self.updates - 1, self.total_updates)
+        if self.average is not None:
+            self.average.update(self.updates - 1, self.total_updates)
         if self.updates % RELEASE_MEMORY_EVERY == 0:
             release_free_memory()
 

@@ -33,9 +33,9 @@ from minbert.precision import autocast, resolve_precision  # noqa: E402
 from multitask.batching import compare_padding, encode_task  # noqa: E402
 from multitask.tasks import CFIMDB, PARA, SST, STS  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
-from multitask.regularizers import RegularizerSettings, Regularizers, mean_teacher  # noqa: E402
+from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average  # noqa: E402
 from multitask.train import StepLoss  # noqa: E402
-from smart import MeanTeacher  # noqa: E402
+from smart import WeightAverage  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BATCH = 32
@@ -197,8 +197,8 @@ def regularised_step(method: str, batch: dict[str, torch.Tensor]):
     settings, keeps_average = REGULARISED[method]
     torch.manual_seed(0)
     model = MultitaskBert(BertModel.from_pretrained(unpad_inputs=True), ("sst",))
-    teacher = mean_teacher(model, None) if keeps_average or (settings and settings.uses_teacher) else None
-    regs = Regularizers(settings, teacher) if settings else None
+    average = new_weight_average(model, None) if keeps_average or (settings and settings.needs_average) else None
+    regs = Regularizers(settings, average) if settings else None
     optimizer = AdamW(model.parameters(), lr=5e-5)
     loss_terms = StepLoss(model, regs)
 
@@ -209,8 +209,8 @@ def regularised_step(method: str, batch: dict[str, torch.Tensor]):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if teacher is not None:
-            teacher.update(0, 100)
+        if average is not None:
+            average.update(0, 100)
     return step
 
 

@@ -4,12 +4,12 @@ from smart.adversarial import smoothness_loss
 from smart.divergences import KINDS, divergence, squared_error, symmetric_kl, symmetric_kl_binary
 from smart.dropout import DropoutReplay
 from smart.r3f import r3f_loss
-from smart.teacher import MeanTeacher, bregman_loss
+from smart.weight_average import WeightAverage, bregman_loss
 
 __all__ = [
     "KINDS",
     "DropoutReplay",
-    "MeanTeacher",
+    "WeightAverage",
     "bregman_loss",
     "divergence",
     "r3f_loss",

@@ -8,7 +8,7 @@ import torch
 from minbert import BertModel, load_tokenizer, precision
 from minbert.precision import autocast, resolve_precision
 from multitask.model import MultitaskBert
-from multitask.regularizers import RegularizerSettings, Regularizers, mean_teacher
+from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
 from multitask.train import Trainer, TrainSettings
 from tests.conftest import read_column
 from tests.test_smart_training import TINY, tiny_tasks
@@ -51,19 +51,19 @@ def test_unknown_precision_is_refused():
 def test_bf16_training_keeps_fp32_weights_optimiser_state_and_teacher(tmp_path):
     torch.manual_seed(0)
     model = MultitaskBert(BertModel(TINY))
-    teacher = mean_teacher(model, None)
+    teacher = new_weight_average(model, None)
     regularizers = Regularizers(RegularizerSettings(smart=True, rdrop=True), teacher)
     tasks = tiny_tasks()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = Trainer(model, tasks, tasks, TrainSettings(epochs=1, batch_size=8, lr=1e-3, seed=0, precision="bf16"),
-                      CPU, tmp_path, regularizers=regularizers, teacher=regularizers.teacher)
+                      CPU, tmp_path, regularizers=regularizers, average=regularizers.average)
     history = trainer.train()
     assert all(torch.isfinite(torch.tensor(list(r.train_losses.values()))).all() for r in history)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items()), "nothing trained"
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     states = [t for s in trainer.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim()]
     assert states and {t.dtype for t in states} == {torch.float32}
-    assert {t.dtype for t in regularizers.teacher.model.state_dict().values() if t.is_floating_point()} == \
+    assert {t.dtype for t in regularizers.average.model.state_dict().values() if t.is_floating_point()} == \
         {torch.float32}
     # Every reported loss term is an fp32 value.
     terms = trainer.loss_terms("sst", tasks["sst"].batch([0, 1, 2]))

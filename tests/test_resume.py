@@ -22,7 +22,7 @@ from minbert import BertModel, CheckpointError
 from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.cli import main
 from multitask.model import MultitaskBert
-from multitask.regularizers import RegularizerSettings, Regularizers, mean_teacher
+from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
 from multitask.resume import STATE_FILE, RunState
 from multitask.train import Trainer, TrainSettings
 from tests.test_checkpoint_errors import live_payload
@@ -58,7 +58,7 @@ def tiny_trainer(out_dir: Path, smart: bool, grad_accum: int = 1, crash_at_updat
     random.seed(init_seed)
     np.random.seed(init_seed)
     model = MultitaskBert(BertModel(TINY))
-    teacher = mean_teacher(model, None) if smart else None
+    teacher = new_weight_average(model, None) if smart else None
     regularizers = Regularizers(RegularizerSettings(smart=True), teacher) if smart else None
     run_state = RunState(out_dir / "resume", FINGERPRINT)
 
@@ -72,7 +72,7 @@ def tiny_trainer(out_dir: Path, smart: bool, grad_accum: int = 1, crash_at_updat
     trainer = CrashingTrainer(model, tasks, tasks,
                               TrainSettings(epochs=2, batch_size=8, lr=1e-3, seed=0, grad_accum=grad_accum,
                                             precision=precision),
-                              torch.device("cpu"), out_dir, regularizers=regularizers, teacher=teacher,
+                              torch.device("cpu"), out_dir, regularizers=regularizers, average=teacher,
                               on_save_state=lambda t: run_state.save(t, teacher), save_every=2)
     return trainer, run_state, regularizers
 
@@ -116,7 +116,7 @@ def test_interrupted_and_resumed_trainer_is_bit_identical(tmp_path, monkeypatch,
     torch.rand(1000)
     state = run_state.load()
     assert state is not None
-    run_state.restore(state, resumed, resumed_regs.teacher if resumed_regs else None)
+    run_state.restore(state, resumed, resumed_regs.average if resumed_regs else None)
     assert resumed.updates < crash_at_update  # the updates after the last save are redone
     # Output to a log file: the resumed process reports progress lines (every step, at interval 0)
     # from where it took over.
@@ -134,7 +134,7 @@ def test_interrupted_and_resumed_trainer_is_bit_identical(tmp_path, monkeypatch,
     assert comparable(history) == comparable(reference_history)
     assert_same_tensors(resumed.model.state_dict(), reference.model.state_dict())
     if smart:
-        assert_same_tensors(resumed_regs.teacher.state_dict(), reference_regs.teacher.state_dict())
+        assert_same_tensors(resumed_regs.average.state_dict(), reference_regs.average.state_dict())
     # metrics.jsonl: the finished epochs' lines kept, nothing duplicated, the same as uninterrupted.
     assert metrics_lines(tmp_path / "run") == metrics_lines(tmp_path / "reference")
     assert lines_before == metrics_lines(tmp_path / "reference")[: len(lines_before)]

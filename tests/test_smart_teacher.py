@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from smart import MeanTeacher, bregman_loss, divergence
+from smart import WeightAverage, bregman_loss, divergence
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def _params(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def test_teacher_is_a_frozen_independent_copy() -> None:
     student = _student()
-    teacher = MeanTeacher(student)
+    teacher = WeightAverage(student)
     assert teacher.model is not student
     for (n, t), (_, s) in zip(teacher.model.named_parameters(), student.named_parameters()):
         assert not t.requires_grad, n
@@ -48,7 +48,7 @@ def test_teacher_is_a_frozen_independent_copy() -> None:
 
 def test_update_equals_lerp_and_the_formula() -> None:
     student = _student()
-    teacher = MeanTeacher(student)
+    teacher = WeightAverage(student)
     _perturb(student)
     before = _params(teacher.model)
     beta = teacher.update(step=0, total_steps=100)
@@ -62,7 +62,7 @@ def test_update_equals_lerp_and_the_formula() -> None:
 
 def test_buffers_follow_the_student() -> None:
     student = _student()
-    teacher = MeanTeacher(student)
+    teacher = WeightAverage(student)
     _train_step(student, torch.optim.SGD(student.parameters(), lr=0.1))  # train mode updates BN stats
     teacher.update(step=0, total_steps=10)
     for (n, t), (_, s) in zip(teacher.model.named_buffers(), student.named_buffers()):
@@ -71,14 +71,14 @@ def test_buffers_follow_the_student() -> None:
 
 
 def test_beta_schedule_switches_at_ten_percent() -> None:
-    teacher = MeanTeacher(_student())
+    teacher = WeightAverage(_student())
     assert [teacher.beta_at(s, 1000) for s in (0, 99, 100, 999)] == [0.99, 0.99, 0.999, 0.999]
     # 10% of 15 is 1.5: steps 0 and 1 are early, step 2 is late.
     assert [teacher.beta_at(s, 15) for s in (0, 1, 2)] == [0.99, 0.99, 0.999]
 
 
 def test_window_cap_binds_only_in_short_runs() -> None:
-    capped = MeanTeacher(_student(), window_fraction=0.25)
+    capped = WeightAverage(_student(), window_fraction=0.25)
     # Time constant 1/(1 - β) ≤ a quarter of the run: β ≤ 1 - 4/total.
     assert capped.beta_at(0, 100) == pytest.approx(0.96) and capped.beta_at(50, 100) == pytest.approx(0.96)
     assert capped.beta_at(0, 8) == pytest.approx(0.5)
@@ -86,12 +86,12 @@ def test_window_cap_binds_only_in_short_runs() -> None:
     # From 4,000 updates on the paper's schedule is untouched, the switch at 10% included.
     assert [capped.beta_at(s, 5000) for s in (0, 499, 500, 4999)] == [0.99, 0.99, 0.999, 0.999]
     # A constant β is honoured as given.
-    assert MeanTeacher(_student(), beta=0.999, window_fraction=0.25).beta_at(5, 10) == 0.999
+    assert WeightAverage(_student(), beta=0.999, window_fraction=0.25).beta_at(5, 10) == 0.999
 
 
 def test_late_update_uses_late_beta() -> None:
     student = _student()
-    teacher = MeanTeacher(student)
+    teacher = WeightAverage(student)
     _perturb(student)
     before = _params(teacher.model)
     assert teacher.update(step=10, total_steps=100) == 0.999
@@ -101,7 +101,7 @@ def test_late_update_uses_late_beta() -> None:
 
 def test_constant_beta_overrides_schedule() -> None:
     student = _student()
-    teacher = MeanTeacher(student, beta=0.5)
+    teacher = WeightAverage(student, beta=0.5)
     assert teacher.beta_at(0, 100) == 0.5 and teacher.beta_at(99, 100) == 0.5
     _perturb(student)
     before = teacher.model[3].bias.clone()
@@ -111,7 +111,7 @@ def test_constant_beta_overrides_schedule() -> None:
 
 def test_teacher_unaffected_by_student_backward() -> None:
     student = _student()
-    teacher = MeanTeacher(student)
+    teacher = WeightAverage(student)
     before = _params(teacher.model)
     x = torch.randn(8, 4)
     with torch.no_grad():
@@ -128,10 +128,10 @@ def test_teacher_unaffected_by_student_backward() -> None:
 
 def test_state_dict_round_trip_keeps_teacher_frozen() -> None:
     student = _student()
-    teacher = MeanTeacher(student)
+    teacher = WeightAverage(student)
     _perturb(student)
     teacher.update(step=0, total_steps=10)
-    restored = MeanTeacher(_student())
+    restored = WeightAverage(_student())
     restored.load_state_dict(teacher.state_dict())
     for (n, a), (_, b) in zip(restored.model.named_parameters(), teacher.model.named_parameters()):
         assert torch.equal(a, b) and not a.requires_grad, n
@@ -139,11 +139,11 @@ def test_state_dict_round_trip_keeps_teacher_frozen() -> None:
 
 def test_invalid_arguments_raise() -> None:
     with pytest.raises(ValueError, match="beta"):
-        MeanTeacher(_student(), beta=1.5)
+        WeightAverage(_student(), beta=1.5)
     with pytest.raises(ValueError, match="window_fraction"):
-        MeanTeacher(_student(), window_fraction=0.0)
+        WeightAverage(_student(), window_fraction=0.0)
     with pytest.raises(ValueError, match="total_steps"):
-        MeanTeacher(_student()).beta_at(0, 0)
+        WeightAverage(_student()).beta_at(0, 0)
 
 
 def test_bregman_loss_trains_only_the_student_side() -> None:

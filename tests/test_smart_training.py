@@ -7,7 +7,7 @@ import torch
 from minbert import BertConfig, BertModel
 from multitask.batching import EncodedTask
 from multitask.model import MultitaskBert
-from multitask.regularizers import RegularizerSettings, Regularizers, mean_teacher
+from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
 from multitask.train import Trainer, TrainSettings
 
 TINY = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
@@ -34,11 +34,11 @@ def tiny_tasks(n: int = 24) -> dict[str, EncodedTask]:
 def train_tiny(settings: RegularizerSettings | None, epochs: int = 1, tmp_path=None) -> tuple[MultitaskBert, list]:
     torch.manual_seed(0)
     model = MultitaskBert(BertModel(TINY))
-    teacher = mean_teacher(model, settings.bregman_beta) if settings is not None and settings.uses_teacher else None
+    teacher = new_weight_average(model, settings.bregman_beta) if settings is not None and settings.needs_average else None
     regularizers = Regularizers(settings, teacher) if settings is not None else None
     tasks = tiny_tasks()
     trainer = Trainer(model, tasks, tasks, TrainSettings(epochs=epochs, batch_size=8, lr=1e-3, seed=0, precision="fp32"),
-                      torch.device("cpu"), tmp_path, regularizers=regularizers, teacher=teacher)
+                      torch.device("cpu"), tmp_path, regularizers=regularizers, average=teacher)
     return model, trainer.train()
 
 
@@ -92,14 +92,14 @@ def test_regularisers_change_training_and_stay_finite(tmp_path):
 def test_teacher_follows_the_student_by_the_ema_formula(tmp_path):
     torch.manual_seed(0)
     model = MultitaskBert(BertModel(TINY))
-    regularizers = Regularizers(RegularizerSettings(smart=True, no_adversarial=True), mean_teacher(model, None))
-    teacher = regularizers.teacher.model
+    regularizers = Regularizers(RegularizerSettings(smart=True, no_adversarial=True), new_weight_average(model, None))
+    teacher = regularizers.average.model
     before = weights(teacher)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     # Update 1 of 10,000: within the first 10%, β = 0.99 (a run this long is not capped).
-    regularizers.teacher.update(0, 10_000)
+    regularizers.average.update(0, 10_000)
     student = dict(model.named_parameters())
     for name, p in teacher.named_parameters():
         expected = 0.01 * student[name] + 0.99 * before[name]

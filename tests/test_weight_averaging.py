@@ -11,12 +11,12 @@ from multitask.model import MultitaskBert
 from multitask.regularizers import TEACHER_WINDOW_FRACTION
 from multitask.settings import parse
 from multitask.train import Trainer, TrainSettings
-from smart import MeanTeacher
+from smart import WeightAverage
 from tests.test_smart_training import TINY, tiny_tasks, weights
 
 
-class RecordingTeacher(MeanTeacher):
-    """A MeanTeacher that remembers the (step, total_steps) of every update it was asked for."""
+class RecordingTeacher(WeightAverage):
+    """A WeightAverage that remembers the (step, total_steps) of every update it was asked for."""
 
     def __init__(self, model, beta=None) -> None:
         super().__init__(model, beta)
@@ -37,8 +37,8 @@ def run(tmp_path, teacher: str, grad_accum: int = 1, freeze_encoder: bool = Fals
     kept = []
     tasks = tiny_tasks()
     settings = TrainSettings(epochs=2, batch_size=8, lr=1e-3, seed=0, grad_accum=grad_accum, precision="fp32")
-    trainer = Trainer(model, tasks, tasks, settings, torch.device("cpu"), tmp_path, teacher=average,
-                      evaluate_teacher=teacher == "scored",
+    trainer = Trainer(model, tasks, tasks, settings, torch.device("cpu"), tmp_path, average=average,
+                      score_average=teacher == "scored",
                       on_new_best=lambda best, record: kept.append((best, record)))
     history = trainer.train()
     return model, average, trainer, history, kept

@@ -1,4 +1,4 @@
-"""SMART's momentum Bregman proximal point: an EMA mean teacher θ̃ of the student θ and its loss."""
+"""The weight average θ̃ of the student θ (SMART's mean teacher) and the Bregman proximal loss towards it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ EARLY_BETA = 0.99
 LATE_BETA = 0.999
 
 
-class MeanTeacher:
+class WeightAverage:
     """θ̃ ← (1 − β)·θ + β·θ̃ after every optimiser step, where θ is the student and θ̃ the teacher.
 
     `.model` is a deep copy of the student taken at construction, with requires_grad False on all
@@ -70,7 +70,7 @@ class MeanTeacher:
             missing = sorted(teacher_params.keys() ^ student_params.keys())
             raise ValueError(
                 f"student and teacher parameters no longer match (differ in: {missing[:5]}); "
-                "build the MeanTeacher after the student's final structure is set"
+                "build the WeightAverage after the student's final structure is set"
             )
         # A frozen parameter (the encoder under --option pretrain) equals its copy for good, so
         # averaging it would only spend time.
