@@ -1,4 +1,4 @@
-"""Tests for the SMART mean teacher (EMA of the student) and the Bregman proximal loss."""
+"""Tests for the weight average (SMART's mean teacher, an EMA of the student) and the Bregman proximal loss."""
 
 from __future__ import annotations
 
