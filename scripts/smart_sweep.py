@@ -48,10 +48,12 @@ def markdown(seeds: list[int], rows: dict[str, list[RunResult]]) -> str:
     metrics = metric_columns([r for runs in rows.values() for r in runs])
     lines = ["# SMART radius sweep", "",
              f"One epoch on the full training data, full dev sets, seeds {', '.join(map(str, seeds))}; "
-             "`python multitask_classifier.py --option finetune --epochs 1 --skip_predictions` plus the flags "
-             "shown. Scores: mean ± sample std over the finished seeds. Δ: the point's score minus plain "
+             "`python multitask_classifier.py --option finetune --epochs 1 --skip_predictions`, each point with "
+             "`--smart` (the adversarial and the Bregman term) and its ε, η, σ. Scores: mean ± sample std over the finished seeds. Δ: the point's score minus plain "
              "fine-tuning's with the same seed, averaged over seeds, in points (×100), with a 95% t-interval "
-             "once two seeds are in. Time: mean per-seed ratio of training time to plain fine-tuning's.", "",
+             "once two seeds are in. Time: mean per-seed ratio of training time to plain fine-tuning's, a "
+             "measurement only when the runs had the machine to themselves (results/README.md says how these ran; "
+             "scripts/bench.py measures the step cost).", "",
              "| point | ε | η | σ | seeds | " + " | ".join(title for _, title in metrics) + " | "
              + " | ".join(f"Δ {title}" for _, title in metrics) + " | time × |",
              "|---|---|---|---|---|" + "---|" * (2 * len(metrics)) + "---|"]
