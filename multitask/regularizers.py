@@ -39,10 +39,10 @@ class RegularizerSettings:
     no_adversarial: bool = flag(False, "with --smart: drop the adversarial term")
     no_bregman: bool = flag(False, "with --smart: drop the Bregman term")
     smart_lambda: float = flag(1.0, "weight λ_s of the adversarial term", type=non_negative)
-    smart_eps: float = flag(1e-1, "ℓ∞ radius ε of δ, added after the embedding LayerNorm (entries of order 1); "
+    smart_eps: float = flag(1e-2, "ℓ∞ radius ε of δ, added after the embedding LayerNorm (entries of order 1); "
                                   "the paper's setting is 1e-5", type=positive)
-    smart_sigma: float = flag(1e-2, "std σ of δ's starting noise (the paper's setting: 1e-5)", type=non_negative)
-    smart_step_size: float = flag(1e-1, "ascent step η (the paper's setting: 1e-3)", type=positive)
+    smart_sigma: float = flag(1e-3, "std σ of δ's starting noise (the paper's setting: 1e-5)", type=non_negative)
+    smart_step_size: float = flag(1e-2, "ascent step η (the paper's setting: 1e-3)", type=positive)
     smart_steps: int = flag(1, "ascent steps T", type=positive_int)
     smart_dropout: str = flag(
         "shared", "dropout masks of the perturbed passes of --smart and --r3f: shared with the clean pass (the "
