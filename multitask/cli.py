@@ -30,7 +30,7 @@ from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
 from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.settings import RunSettings, Settings, build_parser, settings_from
 from multitask.tasks import TASKS, Task
-from multitask.train import DEFAULT_LR, TrainingAborted, TrainSettings, format_epoch
+from multitask.train import DEFAULT_LR, ESTIMATE_AFTER_STEPS, TrainingAborted, TrainSettings, format_epoch
 from smart import WeightAverage
 
 log = logging.getLogger("multitask")
@@ -288,7 +288,7 @@ def banner(settings: Settings, train: TrainSettings, trainer, device: torch.devi
             f"regularisers: {describe(settings.regularizers, run.tasks)}",
             f"scored and kept each epoch: {averaged}",
             f"plan: {train.epochs} epoch(s) of {trainer.steps_per_epoch} steps, {trainer.total_updates} updates, "
-            f"lr {train.lr:g}, batch {train.batch_size}; time: a progress line (or bar) gives the time left"]
+            f"lr {train.lr:g}, batch {train.batch_size}; time: estimated after {ESTIMATE_AFTER_STEPS} steps"]
 
 
 def predict_from_checkpoint(settings: Settings, device: torch.device) -> None:

@@ -34,7 +34,7 @@ from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter
 from minbert.memory import release_free_memory
 from minbert.optimizer import AdamW, warmup_linear_decay
 from minbert.precision import PRECISION_HELP, PRECISIONS, autocast
-from minbert.progress import DEFAULT_INTERVAL, ProgressReporter
+from minbert.progress import DEFAULT_INTERVAL, ProgressReporter, format_duration
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 # Updates between returns of freed heap memory to the OS (minbert.memory): often enough that the
 # heap cannot ratchet up between two, rarely enough that the cost is lost in the step time.
 RELEASE_MEMORY_EVERY = 5
+# Steps timed before the run's length is estimated in the log: past the first steps' one-off
+# costs, early enough to be useful.
+ESTIMATE_AFTER_STEPS = 20
 # --lr by --option: heads alone on a frozen encoder take a larger step than a whole model.
 DEFAULT_LR = {"pretrain": 1e-3, "finetune": 5e-5}
 
@@ -213,6 +216,7 @@ class Trainer:
         self.history: list[EpochRecord] = []
         self.progress: EpochProgress | None = None  # None: at the start of epoch len(history)
         self.last_dev_predictions: dict[str, torch.Tensor] = {}
+        self.estimated = False  # whether this process has logged its estimate of the run's length
         # The kept epoch's dev predictions by id, when this process scored it (not kept by --resume):
         # the prediction files reuse them instead of scoring dev a second time.
         self.best_dev_predictions: dict[str, dict[str, int | float]] = {}
@@ -311,6 +315,7 @@ class Trainer:
         # dev evaluation between epochs would distort a time left for the whole run.
         lines = None if drawn or not self.is_main else ProgressReporter(
             len(plan), progress.step, emit=log.info, interval=self.progress_interval, eta_of="epoch")
+        first_step, resumed_at = progress.step, time.perf_counter()
         for step in range(progress.step, len(plan)):
             task, indices, swapped = plan[step]
             bar.update()
@@ -337,6 +342,8 @@ class Trainer:
                     progress.step, progress.seconds = step + 1, time.perf_counter() - start
                     self.save_state()
             bar.set_postfix(loss=f"{reported_loss.item():.3f}", refresh=False)
+            if step + 1 - first_step == ESTIMATE_AFTER_STEPS and not self.estimated and self.is_main:
+                self.log_estimate(epoch, len(plan) - step - 1, (time.perf_counter() - resumed_at) / ESTIMATE_AFTER_STEPS)
             if lines is not None:
                 lines.add(len(indices), {f"{key} loss": value for key, value in values.items()})
                 lines.advance(step + 1, f"epoch {epoch + 1}/{self.settings.epochs}, "
@@ -350,6 +357,14 @@ class Trainer:
                            {k: sums[k] / counts[k] for k in sums if counts.get(k)}, round(progress.seconds, 1),
                            progress.examples, self.bad_steps - progress.bad_steps_before,
                            {"lr": self.scheduler.get_last_lr()[0]})
+
+    def log_estimate(self, epoch: int, steps_left_in_epoch: int, seconds_per_step: float) -> None:
+        """Once per process: how long the rest of the training loop should take at the pace so far."""
+        self.estimated = True
+        left = steps_left_in_epoch + (self.settings.epochs - epoch - 1) * self.steps_per_epoch
+        log.info("estimated time to the end of training: about %s (%d steps at %.2f s, from the first %d; dev "
+                 "scoring after each epoch comes on top)", format_duration(left * seconds_per_step), left,
+                 seconds_per_step, ESTIMATE_AFTER_STEPS)
 
     def run_step(self, task: str, indices: list[int],
                  swapped: list[bool]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

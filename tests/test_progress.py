@@ -101,6 +101,18 @@ def test_fine_tuning_logs_progress_lines_only_without_a_bar_and_on_rank_0(tmp_pa
         "sst loss", "para loss", "sts loss"]
 
 
+@pytest.mark.parametrize("drawn", [False, True], ids=["log-file", "terminal-bar"])
+def test_fine_tuning_logs_one_estimate_of_its_length_after_the_first_steps(tmp_path, monkeypatch, caplog, drawn):
+    monkeypatch.setattr("multitask.train.show_progress", lambda: drawn)
+    monkeypatch.setattr("multitask.train.ESTIMATE_AFTER_STEPS", 3)
+    trainer = trainer_with(None, tmp_path)
+    with caplog.at_level(logging.INFO, logger="multitask.train"):
+        trainer.train()
+    [estimate] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimated time")]
+    # 9 steps in the one epoch: 6 are left after the 3 timed ones.
+    assert "(6 steps at " in estimate and "from the first 3;" in estimate
+
+
 def test_the_grid_relays_the_newest_progress_line_of_a_running_subprocess(tmp_path):
     script = ("import sys, time\n"
               "print('INFO multitask.train: epoch 1/2, update 1/4: sst loss 1.0000; 8.0 examples/s; "
