@@ -35,7 +35,6 @@ from multitask.tasks import CFIMDB, PARA, SST, STS  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average  # noqa: E402
 from multitask.train import StepLoss  # noqa: E402
-from smart import WeightAverage  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BATCH = 32
