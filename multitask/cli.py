@@ -24,12 +24,13 @@ from multitask.distributed import (DistributedError, dump_final_state, global_ba
                                    reseed_ranks_after_resume, start, stop)
 from multitask.evaluate import overall, predict
 from multitask.model import MIN_LENGTH, MultitaskBert
-from multitask.predictions import write_predictions
+from multitask.predictions import PredictionFile, write_predictions
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
 from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
 from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.settings import RunSettings, Settings, build_parser, settings_from
-from multitask.tasks import TASKS, Task
+from multitask.submission import score_dev_predictions
+from multitask.tasks import TASKS
 from multitask.train import DEFAULT_LR, ESTIMATE_AFTER_STEPS, TrainingAborted, TrainSettings, format_epoch
 from smart import WeightAverage
 
@@ -326,14 +327,9 @@ def write_all_predictions(model: MultitaskBert, tokenizer, settings: Settings, d
             log.info("wrote %s (%d rows%s)", path, len(ids),
                      f", {len(ids) - len(missing)} from the kept epoch's dev scoring" if len(missing) < len(ids) else "")
             if split == "dev":
-                dev_scores[task] = score_file(spec, settings.data_file(task, "dev"), values)
+                written = PredictionFile(path, task, ids, [values[i] for i in ids])
+                dev_scores[task] = score_dev_predictions(written, spec.read(settings.data_file(task, "dev"))).score
     if dev_scores:
         log.info("dev scores of the written files: %s  mean %.3f",
                  "  ".join(f"{task} {value:.3f}" for task, value in dev_scores.items()), overall(dev_scores))
 
-
-def score_file(spec: Task, dev_file: Path, predictions: dict[str, float]) -> float:
-    """The dev metric of written predictions, over the dev rows with a usable label."""
-    labelled = spec.read(dev_file).examples
-    return spec.score(torch.tensor([predictions[e.id] for e in labelled]),
-                      torch.tensor([e.label for e in labelled]))

@@ -10,6 +10,7 @@ import torch
 
 from minbert.atomic import atomic_path
 from multitask.data import ReadResult
+from multitask.evaluate import overall
 from multitask.predictions import PredictionFile, PredictionFileError, prediction_path, read_predictions
 from multitask.tasks import COURSE_TASKS, TASKS
 
@@ -108,7 +109,7 @@ def dev_score_line(scores: dict[str, DevScore]) -> str:
 
     The mean is over tasks with Pearson r as (r + 1) / 2 (Task.unit_score), as training reports it.
     """
-    mean = sum(TASKS[task].unit_score(s.score) for task, s in scores.items()) / len(scores)
+    mean = overall({task: s.score for task, s in scores.items()})
     line = "dev scores of the packaged predictions: " + "  ".join(
         [f"{task} {s.score:.3f}" for task, s in scores.items()] + [f"mean {mean:.3f}"])
     unscored = [f"{task} {s.unscored}" for task, s in scores.items() if s.unscored]
