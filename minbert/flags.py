@@ -124,20 +124,18 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, setting
         if not is_flag(item) or (only is not None and item.name not in only) or item.name in exclude:
             continue
         meta = item.metadata
-        if meta["negated"]:
-            parser.add_argument(flag_name(item), action="store_true", help=meta["help"])
-        elif item.default is False:
+        if meta["negated"] or item.default is False:  # a switch: it sets the field, or clears a negated one
             parser.add_argument(flag_name(item), action="store_true", help=meta["help"])
         else:
             parser.add_argument(flag_name(item), default=item.default, type=meta["type"], choices=meta["choices"],
                                 help=meta["help"])
 
 
-def from_flags(settings: type[T], namespace: argparse.Namespace, **overrides: Any) -> T:
+def from_flags(settings: type[T], namespace: argparse.Namespace) -> T:
     """The dataclass `settings` built from parsed flags (fields that are no flags keep their defaults)."""
     values = {}
     for item in fields(settings):
-        if not is_flag(item) or item.name in overrides:
+        if not is_flag(item):
             continue
         value = getattr(namespace, flag_dest(item))
         if item.metadata["negated"]:
@@ -148,4 +146,4 @@ def from_flags(settings: type[T], namespace: argparse.Namespace, **overrides: An
             except ValueError as err:
                 raise FlagError(f"{flag_name(item)}: {err}") from None
         values[item.name] = value
-    return settings(**values, **overrides)
+    return settings(**values)

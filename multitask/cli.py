@@ -254,9 +254,9 @@ def weight_average(model: MultitaskBert, settings: Settings) -> WeightAverage | 
     return None
 
 
-def describe(settings: RegularizerSettings | None, tasks: tuple[str, ...]) -> str:
+def describe(settings: RegularizerSettings, tasks: tuple[str, ...]) -> str:
     """Which terms run on which tasks' steps, for the log."""
-    if settings is None or not settings.any:
+    if not settings.any:
         return "none (task losses only)"
 
     def on(named: tuple[str, ...] | None) -> str:

@@ -111,13 +111,9 @@ class Regularizers:
     def __init__(self, settings: RegularizerSettings, average: WeightAverage | None = None) -> None:
         """`average`: the run's weight average, which the Bregman term pulls towards (needed only with it)."""
         self.settings = settings
-        if self.needs_average and average is None:
+        if settings.needs_average and average is None:
             raise ValueError("the Bregman term needs the run's weight average")
-        self.average = average if self.needs_average else None
-
-    @property
-    def needs_average(self) -> bool:
-        return self.settings.needs_average
+        self.average = average if settings.needs_average else None
 
     def runs(self, term: str, task: str) -> bool:
         """Whether `term` is switched on with a nonzero weight, for this task's steps."""

@@ -261,6 +261,11 @@ def test_each_configuration_builds_a_command_the_classifier_accepts(tmp_path):
         assert args.out_dir == tmp_path / "abl" / name / "seed3"
         assert args.sst_test_out == args.out_dir / "predictions" / "sst-test-output.csv"
         assert args.pretrained == (tmp_path / "mlm_encoder" if config.uses_mlm else None), name
+        # The classifier removes a finished run's resume state, unless the grid keeps its checkpoints.
+        assert not args.keep_resume, name
+    kept = build_parser().parse_args(build_command(settings(tmp_path, keep_checkpoints=True), GRID["smart"], 1,
+                                                   None)[2:])
+    assert kept.keep_resume
     command = build_command(settings(tmp_path, skip_predictions=True), GRID["smart"], 1, None)
     quick = build_parser().parse_args(command[2:])
     assert quick.skip_predictions and quick.sst_dev_out == Path("predictions/sst-dev-output.csv")

@@ -13,7 +13,6 @@ from typing import Callable
 from minbert.atomic import atomic_write_text
 from minbert.progress import newest_progress
 from multitask.ablation.grid import REPO, Configuration, GridSettings, run_dir
-from multitask.resume import STATE_DIR
 from multitask.tasks import TASKS
 
 CLASSIFIER = REPO / "multitask_classifier.py"
@@ -56,6 +55,9 @@ def build_command(settings: GridSettings, config: Configuration, seed: int, mlm_
         command += ["--train_limit", str(settings.train_limit)]
     if settings.dev_limit is not None:
         command += ["--dev_limit", str(settings.dev_limit)]
+    if settings.keep_checkpoints:
+        # The classifier removes a finished run's resume state unless told to keep it.
+        command.append("--keep_resume")
     if settings.skip_predictions:
         command.append("--skip_predictions")
     else:
@@ -199,10 +201,8 @@ def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: P
                          error=f"{reason} (log: {log_path})")
     if not settings.keep_checkpoints:
         # An encoder copy per run adds up over a grid; the scores and predictions are what an
-        # ablation keeps. The resume state (optimiser moments, teacher) is larger still and of no
-        # use once the run is finished.
+        # ablation keeps. (The classifier itself removes the finished run's resume state.)
         shutil.rmtree(directory / "best", ignore_errors=True)
-        shutil.rmtree(directory / STATE_DIR, ignore_errors=True)
     atomic_write_text(directory / DONE, json.dumps({"signature": signature, "command": command,
                                                     "wall_seconds": round(wall, 1),
                                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
