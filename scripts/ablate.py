@@ -3,6 +3,8 @@
     python scripts/ablate.py --quick                                   # whole grid, tiny budget, minutes
     python scripts/ablate.py --epochs 2 --train_limit 4000 --seeds 3   # a real grid
     python scripts/ablate.py --configs baseline,r3f -- --batch_size 16 # training flags after --
+    python scripts/ablate.py --configs baseline --out_dir runs/default_recipe \
+        --reference "single-task specialists: sst=0.482,para=0.836,sts=0.860"  # the main job vs fixed scores
 
 Each configuration and seed trains in its own subprocess into <out_dir>/<config>/seed<seed>/;
 rerunning the same command skips finished runs and retries failed ones. The same command with
@@ -15,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,9 +28,11 @@ from minbert.flags import OneLineErrorParser, positive_int  # noqa: E402
 from minbert.precision import PRECISIONS  # noqa: E402
 from multitask.ablation import (GRID, MLM_SCRIPT, GridError, GridSettings, RunResult,  # noqa: E402
                                 check_extra_args, finished_results, parse_configs, parse_seeds, run_grid)
-from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, format_difference,  # noqa: E402
-                                           format_stat, mean_std, metric_columns, paired_difference, per_seed,
-                                           time_ratio)
+from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, difference_from,  # noqa: E402
+                                           format_difference, format_stat, mean_std, metric_columns,
+                                           paired_difference, per_seed, time_ratio)
+from multitask.evaluate import overall  # noqa: E402
+from multitask.tasks import TASKS  # noqa: E402
 from multitask.train import TrainSettings  # noqa: E402
 
 # --quick: every configuration once on a sliver of data, to check the whole grid runs (its time is
@@ -41,6 +46,41 @@ FULL = {"epochs": TrainSettings.epochs, "train_limit": None, "seeds": "11711,1,2
 
 # The row every other configuration is compared with, seed by seed.
 BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Fixed dev scores every row is held against, e.g. single-task models trained elsewhere, once."""
+
+    name: str
+    scores: dict[str, float]
+
+    def value(self, key: str, scored: set[str]) -> float | None:
+        """The reference's `dev_<task>`, or its `dev_mean` when it covers every task the runs were scored on."""
+        if key == "dev_mean":
+            return overall(self.scores) if scored and scored <= self.scores.keys() else None
+        return self.scores.get(key.removeprefix("dev_"))
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "scores": self.scores}
+
+
+def parse_reference(text: str) -> Reference:
+    """`NAME: sst=0.482,para=0.836,sts=0.860` (the name is optional)."""
+    name, _, scores = text.rpartition(":")
+    parsed = {}
+    for part in filter(None, (p.strip() for p in scores.split(","))):
+        task, _, value = part.partition("=")
+        task = task.strip()
+        if task not in TASKS:
+            raise argparse.ArgumentTypeError(f"{task!r} is not a task (tasks: {', '.join(TASKS)})")
+        try:
+            parsed[task] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: give task=score, e.g. sst=0.482") from None
+    if not parsed:
+        raise argparse.ArgumentTypeError(f"{text!r}: give task=score pairs, e.g. sst=0.482,para=0.836")
+    return Reference(name.strip() or "reference", parsed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute precision of every run and of the MLM stage (see multitask_classifier.py --help)")
     p.add_argument("--keep_checkpoints", action="store_true",
                    help="keep each run's best checkpoint (by default removed once the run is finished)")
+    p.add_argument("--reference", type=parse_reference,
+                   help="fixed dev scores to hold every row against, 'NAME: task=score,...', e.g. the single-task "
+                        "specialists of ../shared/BASELINES.md; the summaries add each row's difference from "
+                        "them with a t-interval over seeds")
     p.add_argument("--report_only", action="store_true",
                    help="run nothing: write the summaries from the runs of this grid that have finished")
     p.add_argument("--quick", action="store_true", help="the whole grid on a tiny budget: 1 epoch, 64 examples per "
@@ -104,11 +148,13 @@ def settings_from_args(argv: list[str]) -> GridSettings:
 
 # ----------------------------------------------- the summaries: <out_dir>.json, .md and .png
 
-def aggregate(results: Sequence[RunResult], configs: Sequence[str]) -> list[dict]:
+def aggregate(results: Sequence[RunResult], configs: Sequence[str], reference: Reference | None = None) -> list[dict]:
     """Per configuration, in grid order: run counts, a Stat per metric and, beside the baseline, the paired
-    Difference per metric and the mean per-seed ratio of training time."""
+    Difference per metric and the mean per-seed ratio of training time; with a reference, each metric's
+    Difference from its fixed score."""
     finished = {name: [r for r in results if r.config == name and r.status == "done"] for name in configs}
     metrics = metric_columns(results)
+    scored = {task for r in results for task in r.dev}
     summary = []
     for name in configs:
         done = finished[name]
@@ -120,6 +166,9 @@ def aggregate(results: Sequence[RunResult], configs: Sequence[str]) -> list[dict
             row["vs_baseline"] = {key: paired_difference(per_seed(done, key), per_seed(base, key))
                                   for key, _ in metrics}
             row["time_ratio"] = time_ratio(done, base)
+        if reference is not None:
+            row["vs_reference"] = {key: difference_from(per_seed(done, key), reference.value(key, scored))
+                                   for key, _ in metrics if reference.value(key, scored) is not None}
         summary.append(row)
     return summary
 
@@ -150,8 +199,10 @@ def budget_lines(settings: GridSettings) -> list[str]:
     return lines
 
 
-def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list[dict]) -> str:
+def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list[dict],
+             reference: Reference | None = None) -> str:
     metrics = metric_columns(results)
+    scored = {task for r in results for task in r.dev}
     lines = ["# Ablations", "", "Budget, the same for every run:", "", *budget_lines(settings), "",
              "Dev scores of each run's best epoch (highest dev mean), as mean ± sample standard deviation "
              "over seeds; the mean is over the tasks, with Pearson r as (r + 1) / 2. Train time is the training "
@@ -163,6 +214,9 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
         cells = [format_stat(row[key]) for key, _ in metrics]
         lines.append(f"| {row['config']} | `{GRID[row['config']].describe()}` | {runs} | " + " | ".join(cells)
                      + f" | {format_seconds(row['train_seconds'])} |")
+    if reference is not None:
+        cells = ["—" if (v := reference.value(key, scored)) is None else f"{v:.3f}" for key, _ in metrics]
+        lines.append(f"| {reference.name} | given | — | " + " | ".join(cells) + " | — |")
     compared = [row for row in summary if "vs_baseline" in row]
     if compared:
         lines += ["", f"Paired differences from `{BASELINE}`: for each seed, the configuration's score minus "
@@ -176,6 +230,17 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
             lines.append(f"| {row['config']} | {row['vs_baseline']['dev_mean'].n} | "
                          + " | ".join(format_difference(row["vs_baseline"][key]) for key, _ in metrics)
                          + f" | {ratio} |")
+    if reference is not None:
+        held = [(key, title) for key, title in metrics if reference.value(key, scored) is not None]
+        lines += ["", f"Against {reference.name}: each seed's score minus the fixed score, averaged over seeds, "
+                  f"in points (×100), with a {CONFIDENCE:.0%} Student-t interval over the seeds. The interval "
+                  "holds only this grid's seed noise (the fixed scores come from single runs whose own noise "
+                  "is unknown); an interval above 0 means beyond that noise.", "",
+                  "| config | runs | " + " | ".join(f"Δ {title}" for _, title in held) + " |",
+                  "|---|---|" + "---|" * len(held)]
+        for row in summary:
+            lines.append(f"| {row['config']} | {row['runs']} | "
+                         + " | ".join(format_difference(row["vs_reference"][key]) for key, _ in held) + " |")
     failed = [r for r in results if r.status == "failed"]
     if failed:
         lines += ["", "Failed runs (the same command retries them; finished runs are not run again):", ""]
@@ -186,8 +251,10 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
     return "\n".join(lines) + "\n"
 
 
-def plot(path: Path, settings: GridSettings, summary: list[dict], metrics: list[tuple[str, str]]) -> None:
-    """One panel per metric: each configuration's paired difference from the baseline with its interval.
+def plot(path: Path, settings: GridSettings, summary: list[dict], metrics: list[tuple[str, str]],
+         reference: Reference | None = None) -> None:
+    """One panel per metric: each configuration's paired difference from the baseline with its interval
+    (from the reference's fixed scores when no row has a baseline to pair with).
 
     Differences, not raw scores: bars of raw scores on an axis cut to show a point or two of
     difference make noise look like an effect; an interval crossing the zero line shows it is not one.
@@ -196,13 +263,17 @@ def plot(path: Path, settings: GridSettings, summary: list[dict], metrics: list[
     matplotlib.use("Agg")  # files only: no display on the training machines
     import matplotlib.pyplot as plt
 
-    rows = [row for row in summary if "vs_baseline" in row]
+    field, against = "vs_baseline", f"{BASELINE} (same seed)"
+    if reference is not None and not any(field in row for row in summary):
+        field, against = "vs_reference", reference.name
+        metrics = [(key, title) for key, title in metrics if key in summary[0][field]]
+    rows = [row for row in summary if field in row]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 0.9 + 0.35 * max(len(rows), 1)),
                              sharey=True, squeeze=False)
     axes = axes[0]
     for ax, (key, title) in zip(axes, metrics):
         for y, row in enumerate(rows):
-            d = row["vs_baseline"][key]
+            d = row[field][key]
             if d.mean is None:
                 continue
             if d.low is None:
@@ -216,7 +287,7 @@ def plot(path: Path, settings: GridSettings, summary: list[dict], metrics: list[
     axes[0].invert_yaxis()
     b = settings.budget()
     limit = "full data" if b["train_limit"] is None else f"train limit {b['train_limit']}"
-    fig.suptitle(f"dev score minus {BASELINE} (same seed), mean and {CONFIDENCE:.0%} t-interval over "
+    fig.suptitle(f"dev score minus {against}, mean and {CONFIDENCE:.0%} t-interval over "
                  f"{len(b['seeds'])} seed(s); {b['epochs']} epoch(s), {limit}", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -230,8 +301,9 @@ def report_paths(out_dir: Path) -> dict[str, Path]:
     return {ext: out_dir.parent / f"{out_dir.name}.{ext}" for ext in ("json", "md", "png")}
 
 
-def write_reports(settings: GridSettings, results: Sequence[RunResult]) -> dict[str, Path]:
-    summary = aggregate(results, settings.configs)
+def write_reports(settings: GridSettings, results: Sequence[RunResult],
+                  reference: Reference | None = None) -> dict[str, Path]:
+    summary = aggregate(results, settings.configs, reference)
     paths = report_paths(settings.out_dir)
     def plain(value):
         if isinstance(value, (Stat, Difference)):
@@ -240,23 +312,26 @@ def write_reports(settings: GridSettings, results: Sequence[RunResult]) -> dict[
 
     document = {"budget": settings.budget(), "runs": [r.as_json() for r in results],
                 "summary": [plain(row) for row in summary]}
+    if reference is not None:
+        document["reference"] = reference.as_json()
     atomic_write_text(paths["json"], json.dumps(document, indent=2) + "\n")
-    atomic_write_text(paths["md"], markdown(settings, results, summary))
-    plot(paths["png"], settings, summary, metric_columns(results))
+    atomic_write_text(paths["md"], markdown(settings, results, summary, reference))
+    plot(paths["png"], settings, summary, metric_columns(results), reference)
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     settings = settings_from_args(argv)
-    if build_parser().parse_args(split_extra(argv)[0]).report_only:
+    args = build_parser().parse_args(split_extra(argv)[0])
+    if args.report_only:
         results = finished_results(settings)
-        paths = write_reports(settings, results)
+        paths = write_reports(settings, results, args.reference)
         print(f"{len(results)} of {len(settings.configs) * len(settings.seeds)} runs finished; "
               f"wrote {', '.join(str(p) for p in paths.values())}", flush=True)
         return 0
     results = run_grid(settings, say=lambda line: print(line, flush=True))
-    paths = write_reports(settings, results)
+    paths = write_reports(settings, results, args.reference)
     failed = [r for r in results if r.status == "failed"]
     reused = sum(r.reused for r in results)
     print(f"{len(results) - len(failed)} of {len(results)} runs finished ({reused} from earlier invocations); "

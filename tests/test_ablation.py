@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -16,7 +17,7 @@ import torch
 from minbert import BertModel
 from multitask.ablation import (GRID, GridError, GridSettings, RunResult, build_command, check_extra_args,
                                 finished_marker, finished_results, parse_configs, parse_seeds, run_signature)
-from multitask.ablation.seed_stats import format_difference, format_stat, mean_std
+from multitask.ablation.seed_stats import format_difference, format_stat, mean_std, metric_columns
 from multitask.settings import build_parser
 from multitask.predictions import read_predictions
 
@@ -29,6 +30,7 @@ SPLITS = {"train": ("train", 16), "dev": ("dev", 8), "test": ("test-student", 8)
 def load_script():
     spec = importlib.util.spec_from_file_location("ablate_script", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
@@ -394,6 +396,39 @@ def test_paired_differences_and_t_intervals_on_hand_made_numbers(tmp_path):
     table = markdown(settings(tmp_path, configs=["baseline", "smart", "r3f"], seeds=[1, 2, 3]), results,
                      list(summary.values()))
     assert "| smart | 3 | +2.7 [-2.5, +7.8] | +0.0 [+0.0, +0.0] |" in table and "| 2.67 |" in table
+
+
+def test_differences_from_fixed_reference_scores_on_hand_made_numbers(tmp_path):
+    # SST per seed 0.48, 0.49, 0.50 against a fixed 0.482 → −0.002, 0.008, 0.018: mean 0.008, sample sd
+    # 0.01, standard error 0.01 / √3 = 0.0057735, t(0.975, 2 df) = 4.302653 → half-width 0.024841.
+    results = [run("baseline", 1, 0.48), run("baseline", 2, 0.49), run("baseline", 3, 0.50)]
+    reference = ABLATE.parse_reference("single-task specialists: sst=0.482, para=0.836,sts=0.860")
+    assert reference == ABLATE.Reference("single-task specialists", {"sst": 0.482, "para": 0.836, "sts": 0.860})
+    row = aggregate(results, ["baseline"], reference)[0]["vs_reference"]
+    assert row["dev_sst"].n == 3 and row["dev_sst"].mean == pytest.approx(0.008)
+    assert (row["dev_sst"].low, row["dev_sst"].high) == (pytest.approx(0.008 - 0.024841, abs=1e-6),
+                                                         pytest.approx(0.008 + 0.024841, abs=1e-6))
+    # Quora 0.8 on every seed: −3.6 points with no spread.
+    assert (row["dev_para"].mean, row["dev_para"].low) == (pytest.approx(-0.036), pytest.approx(-0.036))
+    # The mean compares with the reference's own mean, STS as (r + 1) / 2: (0.482 + 0.836 + 0.93) / 3.
+    assert row["dev_mean"].mean == pytest.approx(0.7 - 2.248 / 3)
+    table = markdown(settings(tmp_path, configs=["baseline"], seeds=[1, 2, 3]), results,
+                     aggregate(results, ["baseline"], reference), reference)
+    assert "| single-task specialists | given | — | 0.482 | 0.836 | 0.860 | 0.749 | — |" in table
+    assert "| baseline | 3 | +0.8 [-1.7, +3.3] | -3.6 [-3.6, -3.6] | -6.0 [-6.0, -6.0] | -4.9 [-4.9, -4.9] |" in table
+    ABLATE.plot(tmp_path / "chart.png", settings(tmp_path, configs=["baseline"], seeds=[1, 2, 3]),
+                aggregate(results, ["baseline"], reference), metric_columns(results), reference)
+    assert (tmp_path / "chart.png").stat().st_size > 0
+
+    # A reference without every scored task has no mean to compare with; unnamed, it is "reference".
+    partial = ABLATE.parse_reference("sst=0.5")
+    assert partial.name == "reference"
+    assert set(aggregate(results, ["baseline"], partial)[0]["vs_reference"]) == {"dev_sst"}
+    for bad in ("sst=high", "quora=0.8", "specialists:"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ABLATE.parse_reference(bad)
+    with pytest.raises(SystemExit):  # the CLI refuses it in one line
+        ABLATE.build_parser().parse_args(["--reference", "quora=0.8"])
 
 
 def fake_finished_run(settings: GridSettings, config: str, seed: int, dev_mean: float) -> None:

@@ -69,6 +69,14 @@ def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> D
     return Difference(mean, float(low), float(high), len(differences))
 
 
+def difference_from(values: dict[int, float], reference: float) -> Difference:
+    """`values` − one fixed score (a single run of something else), with a t-interval over these seeds.
+
+    The interval holds only this row's seed noise: the reference's own noise is unknown.
+    """
+    return paired_difference(values, dict.fromkeys(values, reference))
+
+
 def metric_columns(results: Sequence[RunResult]) -> list[tuple[str, str]]:
     """(RunResult.value key, column title) per task the runs were scored on, in registry order, then the mean.
 
