@@ -216,7 +216,7 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
                      + f" | {format_seconds(row['train_seconds'])} |")
     if reference is not None:
         cells = ["—" if (v := reference.value(key, scored)) is None else f"{v:.3f}" for key, _ in metrics]
-        lines.append(f"| {reference.name} | given | — | " + " | ".join(cells) + " | — |")
+        lines.append(f"| {reference.name} | `--reference` | — | " + " | ".join(cells) + " | — |")
     compared = [row for row in summary if "vs_baseline" in row]
     if compared:
         lines += ["", f"Paired differences from `{BASELINE}`: for each seed, the configuration's score minus "

@@ -414,7 +414,7 @@ def test_differences_from_fixed_reference_scores_on_hand_made_numbers(tmp_path):
     assert row["dev_mean"].mean == pytest.approx(0.7 - 2.248 / 3)
     table = markdown(settings(tmp_path, configs=["baseline"], seeds=[1, 2, 3]), results,
                      aggregate(results, ["baseline"], reference), reference)
-    assert "| single-task specialists | given | — | 0.482 | 0.836 | 0.860 | 0.749 | — |" in table
+    assert "| single-task specialists | `--reference` | — | 0.482 | 0.836 | 0.860 | 0.749 | — |" in table
     assert "| baseline | 3 | +0.8 [-1.7, +3.3] | -3.6 [-3.6, -3.6] | -6.0 [-6.0, -6.0] | -4.9 [-4.9, -4.9] |" in table
     ABLATE.plot(tmp_path / "chart.png", settings(tmp_path, configs=["baseline"], seeds=[1, 2, 3]),
                 aggregate(results, ["baseline"], reference), metric_columns(results), reference)
