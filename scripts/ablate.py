@@ -4,7 +4,7 @@
     python scripts/ablate.py --epochs 2 --train_limit 4000 --seeds 3   # a real grid
     python scripts/ablate.py --configs baseline,r3f -- --batch_size 16 # training flags after --
     python scripts/ablate.py --configs baseline --out_dir runs/default_recipe \
-        --reference "single-task specialists: sst=0.482,para=0.836,sts=0.860"  # the main job vs fixed scores
+        --reference "specialists: sst=S,para=Q,sts=R"  # the main job vs fixed scores (BASELINES.md's)
 
 Each configuration and seed trains in its own subprocess into <out_dir>/<config>/seed<seed>/;
 rerunning the same command skips finished runs and retries failed ones. The same command with
@@ -55,11 +55,14 @@ class Reference:
     name: str
     scores: dict[str, float]
 
-    def value(self, key: str, scored: set[str]) -> float | None:
-        """The reference's `dev_<task>`, or its `dev_mean` when it covers every task the runs were scored on."""
-        if key == "dev_mean":
-            return overall(self.scores) if scored and scored <= self.scores.keys() else None
-        return self.scores.get(key.removeprefix("dev_"))
+    def values(self, metrics: Sequence[tuple[str, str]]) -> dict[str, float]:
+        """The fixed score per metric column (`metric_columns`) it covers, in column order; the mean only
+        when it covers every task column, computed from those tasks alone."""
+        tasks = [key.removeprefix("dev_") for key, _ in metrics if key != "dev_mean"]
+        fixed = {f"dev_{task}": self.scores[task] for task in tasks if task in self.scores}
+        if tasks and len(fixed) == len(tasks):
+            fixed["dev_mean"] = overall({task: self.scores[task] for task in tasks})
+        return fixed
 
     def as_json(self) -> dict:
         return {"name": self.name, "scores": self.scores}
@@ -154,7 +157,7 @@ def aggregate(results: Sequence[RunResult], configs: Sequence[str], reference: R
     Difference from its fixed score."""
     finished = {name: [r for r in results if r.config == name and r.status == "done"] for name in configs}
     metrics = metric_columns(results)
-    scored = {task for r in results for task in r.dev}
+    fixed = {} if reference is None else reference.values(metrics)
     summary = []
     for name in configs:
         done = finished[name]
@@ -167,8 +170,7 @@ def aggregate(results: Sequence[RunResult], configs: Sequence[str], reference: R
                                   for key, _ in metrics}
             row["time_ratio"] = time_ratio(done, base)
         if reference is not None:
-            row["vs_reference"] = {key: difference_from(per_seed(done, key), reference.value(key, scored))
-                                   for key, _ in metrics if reference.value(key, scored) is not None}
+            row["vs_reference"] = {key: difference_from(per_seed(done, key), value) for key, value in fixed.items()}
         summary.append(row)
     return summary
 
@@ -202,7 +204,7 @@ def budget_lines(settings: GridSettings) -> list[str]:
 def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list[dict],
              reference: Reference | None = None) -> str:
     metrics = metric_columns(results)
-    scored = {task for r in results for task in r.dev}
+    fixed = {} if reference is None else reference.values(metrics)
     lines = ["# Ablations", "", "Budget, the same for every run:", "", *budget_lines(settings), "",
              "Dev scores of each run's best epoch (highest dev mean), as mean ± sample standard deviation "
              "over seeds; the mean is over the tasks, with Pearson r as (r + 1) / 2. Train time is the training "
@@ -215,7 +217,7 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
         lines.append(f"| {row['config']} | `{GRID[row['config']].describe()}` | {runs} | " + " | ".join(cells)
                      + f" | {format_seconds(row['train_seconds'])} |")
     if reference is not None:
-        cells = ["—" if (v := reference.value(key, scored)) is None else f"{v:.3f}" for key, _ in metrics]
+        cells = [f"{fixed[key]:.3f}" if key in fixed else "—" for key, _ in metrics]
         lines.append(f"| {reference.name} | `--reference` | — | " + " | ".join(cells) + " | — |")
     compared = [row for row in summary if "vs_baseline" in row]
     if compared:
@@ -231,7 +233,7 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
                          + " | ".join(format_difference(row["vs_baseline"][key]) for key, _ in metrics)
                          + f" | {ratio} |")
     if reference is not None:
-        held = [(key, title) for key, title in metrics if reference.value(key, scored) is not None]
+        held = [(key, title) for key, title in metrics if key in fixed]
         lines += ["", f"Against {reference.name}: each seed's score minus the fixed score, averaged over seeds, "
                   f"in points (×100), with a {CONFIDENCE:.0%} Student-t interval over the seeds. The interval "
                   "holds only this grid's seed noise (the fixed scores come from single runs whose own noise "

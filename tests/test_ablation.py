@@ -420,6 +420,10 @@ def test_differences_from_fixed_reference_scores_on_hand_made_numbers(tmp_path):
                 aggregate(results, ["baseline"], reference), metric_columns(results), reference)
     assert (tmp_path / "chart.png").stat().st_size > 0
 
+    # A task the runs were not scored on is left out of the reference's mean.
+    wider = ABLATE.parse_reference("sst=0.482,para=0.836,sts=0.860,cfimdb=0.1")
+    assert aggregate(results, ["baseline"], wider)[0]["vs_reference"]["dev_mean"].mean == \
+        pytest.approx(0.7 - 2.248 / 3)
     # A reference without every scored task has no mean to compare with; unnamed, it is "reference".
     partial = ABLATE.parse_reference("sst=0.5")
     assert partial.name == "reference"
