@@ -3,8 +3,7 @@
     python scripts/ablate.py --quick                                   # whole grid, tiny budget, minutes
     python scripts/ablate.py --epochs 2 --train_limit 4000 --seeds 3   # a real grid
     python scripts/ablate.py --configs baseline,r3f -- --batch_size 16 # training flags after --
-    python scripts/ablate.py --configs baseline --out_dir runs/default_recipe \
-        --reference "specialists: sst=S,para=Q,sts=R"  # the main job vs fixed scores (BASELINES.md's)
+    python scripts/ablate.py --configs baseline --reference "specialists: sst=S,para=Q,sts=R"  # vs fixed scores
 
 Each configuration and seed trains in its own subprocess into <out_dir>/<config>/seed<seed>/;
 rerunning the same command skips finished runs and retries failed ones. The same command with
