@@ -16,16 +16,22 @@ PRECISION_HELP = ("auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The feature flags the kernel reports for this CPU (empty where /proc/cpuinfo does not exist)."""
+def cpu_info(key: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The kernel's value of `key` ("flags", "model name") for the first CPU; None where it is not reported."""
     try:
         text = cpuinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+        name, _, value = line.partition(":")
+        if name.strip() == key:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The feature flags the kernel reports for this CPU (empty where /proc/cpuinfo does not exist)."""
+    return frozenset((cpu_info("flags", cpuinfo) or "").split())
 
 
 def cpu_has_native_bf16() -> bool:

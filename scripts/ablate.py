@@ -26,7 +26,8 @@ from minbert.atomic import atomic_path, atomic_write_text  # noqa: E402
 from minbert.flags import OneLineErrorParser, positive_int  # noqa: E402
 from minbert.precision import PRECISIONS  # noqa: E402
 from multitask.ablation import (GRID, MLM_SCRIPT, GridError, GridSettings, RunResult,  # noqa: E402
-                                check_extra_args, finished_results, parse_configs, parse_seeds, run_grid)
+                                check_extra_args, finished_results, parse_configs, parse_seeds, report_paths,
+                                run_grid)
 from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, difference_from,  # noqa: E402
                                            format_difference, format_stat, mean_std, metric_columns,
                                            paired_difference, per_seed, time_ratio)
@@ -200,11 +201,24 @@ def budget_lines(settings: GridSettings) -> list[str]:
     return lines
 
 
+def machine_lines(results: Sequence[RunResult]) -> list[str]:
+    """Where the finished runs trained, with their run count and total wall time per machine."""
+    done = [r for r in results if r.status == "done"]
+    machines = dict.fromkeys(r.machine or "not recorded" for r in done)
+    parts = []
+    for machine in machines:
+        runs = [r for r in done if (r.machine or "not recorded") == machine]
+        hours = sum(r.wall_seconds or 0.0 for r in runs) / 3600
+        parts.append(f"{machine}: {len(runs)} run{'s' * (len(runs) != 1)}, {hours:.1f} h")
+    return [f"- trained on {'; '.join(parts)} (wall time: training, dev scoring and predictions)"] if parts else []
+
+
 def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list[dict],
              reference: Reference | None = None) -> str:
     metrics = metric_columns(results)
     fixed = {} if reference is None else reference.values(metrics)
-    lines = ["# Ablations", "", "Budget, the same for every run:", "", *budget_lines(settings), "",
+    lines = ["# Ablations", "", "Budget, the same for every run:", "", *budget_lines(settings),
+             *machine_lines(results), "",
              "Dev scores of each run's best epoch (highest dev mean), as mean ± sample standard deviation "
              "over seeds; the mean is over the tasks, with Pearson r as (r + 1) / 2. Train time is the training "
              "loop of one run, without dev evaluation or prediction writing.", "",
@@ -223,7 +237,8 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
         lines += ["", f"Paired differences from `{BASELINE}`: for each seed, the configuration's score minus "
                   f"`{BASELINE}`'s with the same seed, averaged over seeds, in points (×100), with a "
                   f"{CONFIDENCE:.0%} Student-t interval over the seeds. An interval that contains 0 is no "
-                  "evidence either way. Time: mean per-seed ratio of training time to the baseline's.", "",
+                  "evidence either way. Time: mean per-seed ratio of training time to the baseline's, over the seeds "
+                  "whose two runs trained on the same machine.", "",
                   "| config | pairs | " + " | ".join(f"Δ {title}" for _, title in metrics) + " | time × |",
                   "|---|---|" + "---|" * len(metrics) + "---|"]
         for row in compared:
@@ -296,12 +311,6 @@ def plot(path: Path, settings: GridSettings, summary: list[dict], metrics: list[
     plt.close(fig)
 
 
-def report_paths(out_dir: Path) -> dict[str, Path]:
-    """results/ablations/ → results/ablations.json, .md and .png beside the run directories."""
-    out_dir = Path(out_dir)
-    return {ext: out_dir.parent / f"{out_dir.name}.{ext}" for ext in ("json", "md", "png")}
-
-
 def write_reports(settings: GridSettings, results: Sequence[RunResult],
                   reference: Reference | None = None) -> dict[str, Path]:
     summary = aggregate(results, settings.configs, reference)
@@ -325,14 +334,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     settings = settings_from_args(argv)
     args = build_parser().parse_args(split_extra(argv)[0])
+    try:
+        if args.report_only:
+            results = finished_results(settings)
+        else:
+            results = run_grid(settings, say=lambda line: print(line, flush=True))
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    paths = write_reports(settings, results, args.reference)
     if args.report_only:
-        results = finished_results(settings)
-        paths = write_reports(settings, results, args.reference)
         print(f"{len(results)} of {len(settings.configs) * len(settings.seeds)} runs finished; "
               f"wrote {', '.join(str(p) for p in paths.values())}", flush=True)
         return 0
-    results = run_grid(settings, say=lambda line: print(line, flush=True))
-    paths = write_reports(settings, results, args.reference)
     failed = [r for r in results if r.status == "failed"]
     reused = sum(r.reused for r in results)
     print(f"{len(results) - len(failed)} of {len(results)} runs finished ({reused} from earlier invocations); "

@@ -17,7 +17,7 @@ import torch
 from minbert import BertModel
 from multitask.ablation import (GRID, GridError, GridSettings, RunResult, build_command, check_extra_args,
                                 finished_marker, finished_results, parse_configs, parse_seeds, run_signature)
-from multitask.ablation.seed_stats import format_difference, format_stat, mean_std, metric_columns
+from multitask.ablation.seed_stats import format_difference, format_stat, mean_std, metric_columns, time_ratio
 from multitask.settings import build_parser
 from multitask.predictions import read_predictions
 
@@ -147,6 +147,16 @@ def test_rerun_skips_finished_runs_and_reruns_only_an_unfinished_one(micro_grid)
     assert metrics["baseline"].stat().st_mtime_ns == before["baseline"]
     assert metrics["r3f"].stat().st_mtime_ns != before["r3f"]
     assert [r["reused"] for r in read_json(report_paths(out)["json"])["runs"]] == [True, False]
+
+    # Run directories are not committed; the report is. Without its directory (a fresh clone, another
+    # machine) a run the report holds is taken from the report, with the machine it trained on.
+    recorded = {r["config"]: r for r in read_json(report_paths(out)["json"])["runs"]}
+    shutil.rmtree(out / "baseline")
+    fourth = ablate(*micro_grid["command"])
+    assert fourth.returncode == 0, fourth.stderr
+    assert fourth.stdout.count("already finished") == 2 and not (out / "baseline").exists()
+    again = {r["config"]: r for r in read_json(report_paths(out)["json"])["runs"]}
+    assert again["baseline"] == recorded["baseline"] and again["baseline"]["machine"]
 
 
 # --------------------------------------------------------------------------------------------- failures
@@ -332,11 +342,18 @@ def test_a_done_marker_counts_only_for_the_same_signature_and_all_epochs(tmp_pat
 
 
 def run(config: str, seed: int, sst: float | None, sts: float | None = 0.8, seconds: float = 60.0,
-        status: str = "done") -> RunResult:
+        status: str = "done", machine: str | None = None) -> RunResult:
     if status != "done":
         return RunResult(config, seed, status, "x", error="boom")
     return RunResult(config, seed, status, "x", best_epoch=1, dev={"sst": sst, "para": 0.8, "sts": sts},
-                     dev_mean=0.7, train_seconds=seconds)
+                     dev_mean=0.7, train_seconds=seconds, machine=machine)
+
+
+def test_time_ratios_pair_only_runs_that_trained_on_the_same_machine():
+    baseline = [run("baseline", 1, 0.4, seconds=100, machine="A"), run("baseline", 2, 0.4, seconds=100, machine="A")]
+    r3f = [run("r3f", 1, 0.4, seconds=200, machine="A"), run("r3f", 2, 0.4, seconds=900, machine="B")]
+    assert time_ratio(r3f, baseline) == 2.0  # seed 2's 9x measures machine B, not r3f
+    assert time_ratio(r3f[1:], baseline) is None
 
 
 def test_aggregation_gives_mean_and_sample_std_over_finished_runs(tmp_path):
@@ -443,6 +460,31 @@ def fake_finished_run(settings: GridSettings, config: str, seed: int, dev_mean: 
     (directory / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     signature = run_signature(settings, GRID[config], seed, None)
     (directory / "done.json").write_text(json.dumps({"signature": signature, "wall_seconds": 12.0}))
+
+
+def test_a_run_without_its_directory_is_taken_from_the_report_only_with_its_signature(tmp_path):
+    grid = settings(tmp_path, configs=["baseline", "r3f"], seeds=[1], epochs=1)
+    other_budget = settings(tmp_path, configs=["r3f"], seeds=[1], epochs=2)
+    recorded = {"status": "done", "run_dir": "elsewhere", "best_epoch": 1, "dev": {"sst": 0.4}, "dev_mean": 0.6,
+                "train_seconds": 50.0, "machine": "machine A", "reused": False}
+    report = report_paths(grid.out_dir)["json"]
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps({"runs": [
+        {**recorded, "config": "baseline", "seed": 1, "signature": run_signature(grid, GRID["baseline"], 1, None)},
+        {**recorded, "config": "r3f", "seed": 1, "signature": run_signature(other_budget, GRID["r3f"], 1, None)}]}))
+    [result] = finished_results(grid)  # r3f's record is of another budget
+    assert (result.config, result.dev_mean, result.machine, result.reused) == ("baseline", 0.6, "machine A", True)
+
+    fake_finished_run(grid, "baseline", 1, 0.70)  # where the directory exists, it decides
+    assert [r.dev_mean for r in finished_results(grid)] == [0.70]
+
+    report.write_text("{not json")
+    (grid.out_dir / "baseline").rename(tmp_path / "moved")
+    with pytest.raises(GridError, match="not a grid report"):
+        finished_results(grid)
+    result = ablate("--configs", "baseline,r3f", "--seeds", "1,", "--epochs", "1", "--out_dir", str(grid.out_dir),
+                    "--report_only")
+    assert result.returncode == 2 and f"error: {report}" in result.stderr
 
 
 def test_report_only_summarises_the_finished_runs_and_runs_nothing(tmp_path):

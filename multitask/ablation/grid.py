@@ -48,7 +48,7 @@ RUNNER_FLAGS = ("--epochs", "--seed", "--out_dir", "--train_limit", "--dev_limit
 
 
 class GridError(ValueError):
-    """The grid cannot start: unknown configuration, malformed seeds, or a flag the runner owns."""
+    """The grid cannot start: an unknown configuration, malformed seeds, a runner's flag, an unreadable report."""
 
 
 @dataclass
@@ -123,6 +123,12 @@ def check_extra_args(extra: list[str]) -> None:
         if len(matches) == 1 and matches[0] in RUNNER_FLAGS:
             raise GridError(f"training flag {arg!r} after `--` is set by the ablation runner itself; use the "
                             "runner's own --epochs/--seeds/--train_limit/--dev_limit/--out_dir instead")
+
+
+def report_paths(out_dir: Path) -> dict[str, Path]:
+    """results/ablations/ → results/ablations.json, .md and .png beside the run directories."""
+    out_dir = Path(out_dir)
+    return {ext: out_dir.parent / f"{out_dir.name}.{ext}" for ext in ("json", "md", "png")}
 
 
 def run_dir(settings: GridSettings, config: str, seed: int) -> Path:

@@ -93,9 +93,14 @@ def per_seed(runs: Sequence[RunResult], key: str) -> dict[int, float]:
 
 
 def time_ratio(runs: Sequence[RunResult], baseline: Sequence[RunResult]) -> float | None:
-    """Mean over the shared seeds of training time / the baseline's (None without a shared seed)."""
-    mine, theirs = per_seed(runs, "train_seconds"), per_seed(baseline, "train_seconds")
-    ratios = [mine[seed] / theirs[seed] for seed in mine.keys() & theirs.keys() if theirs[seed] > 0]
+    """Mean over the shared seeds of training time / the baseline's, from the pairs trained on one machine.
+
+    A grid resumed on other hardware has seeds whose runs trained on two machines; their time
+    ratio measures the machines, not the method. None without a pair.
+    """
+    theirs = {r.seed: r for r in baseline if r.train_seconds}
+    ratios = [r.train_seconds / theirs[r.seed].train_seconds for r in runs
+              if r.train_seconds is not None and r.seed in theirs and r.machine == theirs[r.seed].machine]
     return statistics.fmean(ratios) if ratios else None
 
 

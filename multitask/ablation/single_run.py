@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 from minbert.atomic import atomic_write_text
+from minbert.precision import cpu_info
 from minbert.progress import newest_progress
-from multitask.ablation.grid import REPO, Configuration, GridSettings, run_dir
+from multitask.ablation.grid import REPO, Configuration, GridError, GridSettings, report_paths, run_dir
 from multitask.tasks import TASKS
 
 CLASSIFIER = REPO / "multitask_classifier.py"
@@ -34,6 +37,8 @@ class RunResult:
     wall_seconds: float | None = None  # the whole subprocess: loading, training, evaluation, predictions
     reused: bool = False  # finished by an earlier invocation, not run again
     error: str | None = None
+    machine: str | None = None  # where it trained: times compare only between runs on one machine
+    signature: dict | None = None  # run_signature: what a later invocation must match to reuse this run
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -69,6 +74,16 @@ def build_command(settings: GridSettings, config: Configuration, seed: int, mlm_
         # Last, so that a --pretrained among the extra flags still leaves these rows on the MLM encoder.
         command += ["--pretrained", str(mlm_dir)]
     return command
+
+
+def machine_description() -> str:
+    """The hardware a run trains on, e.g. "AMD EPYC, 2 CPUs" (the GPU's name where CUDA is available)."""
+    import torch  # only here: the rest of the runner does not need torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    model = cpu_info("model name") or platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} CPUs"
 
 
 def run_signature(settings: GridSettings, config: Configuration, seed: int, mlm_signature: dict | None) -> dict:
@@ -110,15 +125,18 @@ def finished_marker(directory: Path, signature: dict, epochs: int) -> dict | Non
     return done
 
 
-def result_from_metrics(config: str, seed: int, directory: Path, records: list[dict], wall: float | None,
+def result_from_metrics(config: str, seed: int, directory: Path, records: list[dict], done: dict,
                         reused: bool) -> RunResult:
+    """The result of a finished run from its epoch records and its done marker."""
     best = max(records, key=lambda record: record["dev_mean"])
+    wall = done.get("wall_seconds")
     return RunResult(config, seed, "done", str(directory), best_epoch=best["epoch"],
                      dev={key[len("dev_"):]: value for key, value in best.items()
                           if key.startswith("dev_") and key != "dev_mean"},
                      dev_mean=best["dev_mean"],
                      train_seconds=round(sum(record.get("train_seconds", 0.0) for record in records), 1),
-                     wall_seconds=None if wall is None else round(wall, 1), reused=reused)
+                     wall_seconds=None if wall is None else round(wall, 1), reused=reused,
+                     machine=done.get("machine"), signature=done.get("signature"))
 
 
 def last_error_line(log_path: Path) -> str:
@@ -162,15 +180,43 @@ def run_logged(command: list[str], log_path: Path, say: Callable[[str], None] | 
             raise
 
 
+def recorded_result(settings: GridSettings, config: str, seed: int, signature: dict) -> RunResult | None:
+    """This run as the grid's JSON report records it, if it finished there with the same signature.
+
+    The report is committed while run directories are not: on a fresh clone or another machine,
+    the grid resumes from the runs the report holds instead of training them again.
+    """
+    path = report_paths(settings.out_dir)["json"]
+    try:
+        runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise GridError(f"{path}: not a grid report ({error}); move it away to run the grid without it") from None
+    for record in runs:
+        if (record.get("config"), record.get("seed"), record.get("status"), record.get("signature")) == \
+                (config, seed, "done", signature):
+            known = {field.name for field in fields(RunResult)} - {"reused"}
+            return RunResult(**{key: value for key, value in record.items() if key in known}, reused=True)
+    return None
+
+
 def finished_result(settings: GridSettings, config: Configuration, seed: int,
                     mlm_signature: dict | None) -> RunResult | None:
-    """The result of this run if an earlier invocation finished it with the same signature, else None."""
+    """This run's result if an earlier invocation finished it with the same signature, else None.
+
+    Where its directory exists, its done marker decides (delete the marker to train the run again);
+    where it does not (a fresh clone, another machine), the grid's report does.
+    """
     directory = run_dir(settings, config.name, seed)
-    done = finished_marker(directory, run_signature(settings, config, seed, mlm_signature), settings.epochs)
+    signature = run_signature(settings, config, seed, mlm_signature)
+    if not directory.exists():
+        return recorded_result(settings, config.name, seed, signature)
+    done = finished_marker(directory, signature, settings.epochs)
     if done is None:
         return None
     return result_from_metrics(config.name, seed, directory, read_metrics(directory / "metrics.jsonl"),
-                               done.get("wall_seconds"), reused=True)
+                               done, reused=True)
 
 
 def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: Path | None,
@@ -203,9 +249,9 @@ def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: P
         # An encoder copy per run adds up over a grid; the scores and predictions are what an
         # ablation keeps. (The classifier itself removes the finished run's resume state.)
         shutil.rmtree(directory / "best", ignore_errors=True)
-    atomic_write_text(directory / DONE, json.dumps({"signature": signature, "command": command,
-                                                    "wall_seconds": round(wall, 1),
-                                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
-    result = result_from_metrics(config.name, seed, directory, records, wall, reused=False)
+    done = {"signature": signature, "command": command, "wall_seconds": round(wall, 1),
+            "machine": machine_description(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_text(directory / DONE, json.dumps(done, indent=2))
+    result = result_from_metrics(config.name, seed, directory, records, done, reused=False)
     say(f"{tag}: done in {wall:.0f} s, dev mean {result.dev_mean:.3f}")
     return result
