@@ -203,13 +203,12 @@ def budget_lines(settings: GridSettings) -> list[str]:
 
 def machine_lines(results: Sequence[RunResult]) -> list[str]:
     """Where the finished runs trained, with their run count and total wall time per machine."""
-    done = [r for r in results if r.status == "done"]
-    machines = dict.fromkeys(r.machine or "not recorded" for r in done)
-    parts = []
-    for machine in machines:
-        runs = [r for r in done if (r.machine or "not recorded") == machine]
-        hours = sum(r.wall_seconds or 0.0 for r in runs) / 3600
-        parts.append(f"{machine}: {len(runs)} run{'s' * (len(runs) != 1)}, {hours:.1f} h")
+    by_machine: dict[str, list[RunResult]] = {}
+    for r in results:
+        if r.status == "done":
+            by_machine.setdefault(r.machine or "not recorded", []).append(r)
+    parts = [f"{machine}: {len(runs)} run{'s' * (len(runs) != 1)}, "
+             f"{sum(r.wall_seconds or 0 for r in runs) / 3600:.1f} h" for machine, runs in by_machine.items()]
     return [f"- trained on {'; '.join(parts)} (wall time: training, dev scoring and predictions)"] if parts else []
 
 
