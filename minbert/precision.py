@@ -14,6 +14,8 @@ PRECISION_HELP = ("auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX
 # CPU flags of native bf16 dot products (AVX512-BF16, AMX). Without them torch emulates bf16
 # matmuls and they run slower than fp32.
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# How reports name those flags, in this order.
+NATIVE_BF16_NAMES = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX"}
 
 
 def cpu_info(key: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
@@ -37,6 +39,12 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with AVX512-BF16 or AMX-BF16."""
     return bool(cpu_flags() & NATIVE_BF16_CPU_FLAGS)
+
+
+def native_bf16_label(flags: frozenset[str]) -> str:
+    """"AVX512-BF16, AMX", "AVX512-BF16" or "no native bf16": what `--precision auto` will use on these flags."""
+    names = [name for flag, name in NATIVE_BF16_NAMES.items() if flag in flags]
+    return ", ".join(names) if names else "no native bf16"
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:

@@ -43,6 +43,12 @@ def test_cpu_flags_are_read_from_the_flags_line(tmp_path):
     assert precision.cpu_flags(tmp_path / "missing") == frozenset()
 
 
+def test_native_bf16_label_tells_apart_cpus_that_train_auto_in_bf16_and_in_fp32():
+    assert precision.native_bf16_label(frozenset({"avx2", "amx_bf16", "avx512_bf16"})) == "AVX512-BF16, AMX"
+    assert precision.native_bf16_label(frozenset({"avx2", "avx512_bf16"})) == "AVX512-BF16"
+    assert precision.native_bf16_label(frozenset({"avx2", "avx512f"})) == "no native bf16"
+
+
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision 'fp16' is not one of auto, fp32, bf16"):
         resolve_precision("fp16", CPU)

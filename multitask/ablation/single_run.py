@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from minbert.atomic import atomic_write_text
-from minbert.precision import cpu_info
+from minbert.precision import cpu_flags, cpu_info, native_bf16_label
 from minbert.progress import newest_progress
 from multitask.ablation.grid import REPO, Configuration, GridError, GridSettings, report_paths, run_dir
 from multitask.tasks import TASKS
@@ -77,13 +77,17 @@ def build_command(settings: GridSettings, config: Configuration, seed: int, mlm_
 
 
 def machine_description() -> str:
-    """The hardware a run trains on, e.g. "AMD EPYC, 2 CPUs" (the GPU's name where CUDA is available)."""
+    """The hardware a run trains on, e.g. "AMD EPYC (AVX512-BF16), 2 CPUs" (the GPU's name under CUDA).
+
+    The bf16 support is part of it: one CPU model name comes with and without AVX512-BF16, and
+    `--precision auto` then trains in bf16 on one and in fp32 (2-3x slower) on the other.
+    """
     import torch  # only here: the rest of the runner does not need torch
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     model = cpu_info("model name") or platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} CPUs"
+    return f"{model} ({native_bf16_label(cpu_flags())}), {os.cpu_count()} CPUs"
 
 
 def run_signature(settings: GridSettings, config: Configuration, seed: int, mlm_signature: dict | None) -> dict:
