@@ -212,6 +212,15 @@ def machine_lines(results: Sequence[RunResult]) -> list[str]:
     return [f"- trained on {'; '.join(parts)} (wall time: training, dev scoring and predictions)"] if parts else []
 
 
+def machines_per_config(results: Sequence[RunResult]) -> dict[str, int]:
+    """How many machines each configuration's finished runs trained on (unrecorded counts as one)."""
+    seen: dict[str, set] = {}
+    for r in results:
+        if r.status == "done":
+            seen.setdefault(r.config, set()).add(r.machine)
+    return {config: len(machines) for config, machines in seen.items()}
+
+
 def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list[dict],
              reference: Reference | None = None) -> str:
     metrics = metric_columns(results)
@@ -223,14 +232,19 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
              "loop of one run, without dev evaluation or prediction writing.", "",
              "| config | flags | runs | " + " | ".join(title for _, title in metrics) + " | train time |",
              "|---|---|---|" + "---|" * len(metrics) + "---|"]
+    mixed = machines_per_config(results)
     for row in summary:
         runs = f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
         cells = [format_stat(row[key]) for key, _ in metrics]
+        mark = " †" if mixed.get(row["config"], 1) > 1 else ""
         lines.append(f"| {row['config']} | `{GRID[row['config']].describe()}` | {runs} | " + " | ".join(cells)
-                     + f" | {format_seconds(row['train_seconds'])} |")
+                     + f" | {format_seconds(row['train_seconds'])}{mark} |")
     if reference is not None:
         cells = [f"{fixed[key]:.3f}" if key in fixed else "—" for key, _ in metrics]
         lines.append(f"| {reference.name} | `--reference` | — | " + " | ".join(cells) + " | — |")
+    if any(count > 1 for count in mixed.values()):
+        lines += ["", "† these runs trained on different machines: the ± of their train time measures the "
+                  "machines as much as the seeds; the time ratios below pair runs from one machine."]
     compared = [row for row in summary if "vs_baseline" in row]
     if compared:
         lines += ["", f"Paired differences from `{BASELINE}`: for each seed, the configuration's score minus "

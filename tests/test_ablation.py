@@ -413,6 +413,16 @@ def test_paired_differences_and_t_intervals_on_hand_made_numbers(tmp_path):
     table = markdown(settings(tmp_path, configs=["baseline", "smart", "r3f"], seeds=[1, 2, 3]), results,
                      list(summary.values()))
     assert "| smart | 3 | +2.7 [-2.5, +7.8] | +0.0 [+0.0, +0.0] |" in table and "| 2.67 |" in table
+    assert "†" not in table  # every run without a recorded machine: nothing to flag
+
+
+def test_train_time_of_runs_from_several_machines_is_flagged(tmp_path):
+    results = [run("baseline", 1, 0.5, seconds=100, machine="A"), run("baseline", 2, 0.5, seconds=100, machine="A"),
+               run("r3f", 1, 0.5, seconds=200, machine="A"), run("r3f", 2, 0.5, seconds=900, machine="B")]
+    table = markdown(settings(tmp_path, configs=["baseline", "r3f"], seeds=[1, 2]), results,
+                     aggregate(results, ["baseline", "r3f"]))
+    assert "| 100 ± 0 s |" in table and "| 9.2 ± 8.2 min † |" in table
+    assert "† these runs trained on different machines" in table
 
 
 def test_differences_from_fixed_reference_scores_on_hand_made_numbers(tmp_path):
