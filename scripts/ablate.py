@@ -152,16 +152,17 @@ def settings_from_args(argv: list[str]) -> GridSettings:
 # ----------------------------------------------- the summaries: <out_dir>.json, .md and .png
 
 def aggregate(results: Sequence[RunResult], configs: Sequence[str], reference: Reference | None = None) -> list[dict]:
-    """Per configuration, in grid order: run counts, a Stat per metric and, beside the baseline, the paired
-    Difference per metric and the mean per-seed ratio of training time; with a reference, each metric's
-    Difference from its fixed score."""
+    """Per configuration, in grid order: run counts, how many machines the finished runs trained on, a Stat
+    per metric and, beside the baseline, the paired Difference per metric and the mean per-seed ratio of
+    training time; with a reference, each metric's Difference from its fixed score."""
     finished = {name: [r for r in results if r.config == name and r.status == "done"] for name in configs}
     metrics = metric_columns(results)
     fixed = {} if reference is None else reference.values(metrics)
     summary = []
     for name in configs:
         done = finished[name]
-        row = {"config": name, "runs": len(done), "failed": sum(r.config == name for r in results) - len(done)}
+        row = {"config": name, "runs": len(done), "failed": sum(r.config == name for r in results) - len(done),
+               "machines": len({r.machine for r in done})}  # unrecorded counts as one machine
         for key, _ in (*metrics, ("train_seconds", "")):
             row[key] = mean_std([r.value(key) for r in done])
         if BASELINE in finished and name != BASELINE:
@@ -212,15 +213,6 @@ def machine_lines(results: Sequence[RunResult]) -> list[str]:
     return [f"- trained on {'; '.join(parts)} (wall time: training, dev scoring and predictions)"] if parts else []
 
 
-def machines_per_config(results: Sequence[RunResult]) -> dict[str, int]:
-    """How many machines each configuration's finished runs trained on (unrecorded counts as one)."""
-    seen: dict[str, set] = {}
-    for r in results:
-        if r.status == "done":
-            seen.setdefault(r.config, set()).add(r.machine)
-    return {config: len(machines) for config, machines in seen.items()}
-
-
 def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list[dict],
              reference: Reference | None = None) -> str:
     metrics = metric_columns(results)
@@ -232,17 +224,16 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
              "loop of one run, without dev evaluation or prediction writing.", "",
              "| config | flags | runs | " + " | ".join(title for _, title in metrics) + " | train time |",
              "|---|---|---|" + "---|" * len(metrics) + "---|"]
-    mixed = machines_per_config(results)
     for row in summary:
         runs = f"{row['runs']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
         cells = [format_stat(row[key]) for key, _ in metrics]
-        mark = " †" if mixed.get(row["config"], 1) > 1 else ""
+        mark = " †" if row["machines"] > 1 else ""
         lines.append(f"| {row['config']} | `{GRID[row['config']].describe()}` | {runs} | " + " | ".join(cells)
                      + f" | {format_seconds(row['train_seconds'])}{mark} |")
     if reference is not None:
         cells = [f"{fixed[key]:.3f}" if key in fixed else "—" for key, _ in metrics]
         lines.append(f"| {reference.name} | `--reference` | — | " + " | ".join(cells) + " | — |")
-    if any(count > 1 for count in mixed.values()):
+    if any(row["machines"] > 1 for row in summary):
         lines += ["", "† these runs trained on different machines: the ± of their train time measures the "
                   "machines as much as the seeds; the time ratios below pair runs from one machine."]
     compared = [row for row in summary if "vs_baseline" in row]
