@@ -26,6 +26,13 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def format_loss(value: float) -> str:
+    """3 significant digits, in scientific notation below 1e-3: a small regulariser term never reads 0.0000."""
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:.2e}"
+    return f"{value:#.3g}"
+
+
 class ProgressReporter:
     """Emits at most one line every `interval` seconds about a stretch of `total` units of work.
 
@@ -64,7 +71,7 @@ class ProgressReporter:
         if now - self.last_line < self.interval:
             return None
         where = where if where is not None else f"update {done}/{self.total}"
-        losses = ", ".join(f"{name} {self.sums[name] / self.counts[name]:.4f}" for name in self.sums)
+        losses = ", ".join(f"{name} {format_loss(self.sums[name] / self.counts[name])}" for name in self.sums)
         window = now - self.last_line
         rate = f"{self.examples / window:.1f} examples/s" if window > 0 else "examples/s not measured yet"
         finished = done - self.first_done

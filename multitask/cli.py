@@ -234,6 +234,10 @@ def check_regularizer_flags(regularizers: RegularizerSettings, run: RunSettings)
             raise FlagError(f"{part} switches off a part of --smart, which is not on; add --smart")
     if r.no_adversarial and r.no_bregman:
         raise FlagError("--no_adversarial with --no_bregman leaves nothing of --smart; drop --smart")
+    if r.adversarial and r.smart_dropout == "shared" and r.smart_sigma == 0:
+        raise FlagError("--smart_sigma 0 with shared dropout masks starts the ascent at the minimum of its "
+                        "divergence, where the gradient is 0, so δ stays 0 and the adversarial term is off; "
+                        "give σ > 0 (default: --smart_eps)")
     if r.adversarial and r.r3f:
         raise FlagError("--smart and --r3f both add a smoothness term at a perturbed δ (adversarial "
                         "and random); choose one, or use --smart --no_adversarial --r3f for R3F with the "
@@ -264,7 +268,9 @@ def describe(settings: RegularizerSettings, tasks: tuple[str, ...]) -> str:
 
     parts = []
     if settings.adversarial and settings.smart_lambda:
-        parts.append(f"SMART adversarial (ε {settings.smart_eps:g}, {settings.smart_dropout} dropout masks) "
+        parts.append(f"SMART adversarial (λ_s {settings.smart_lambda:g}, ε {settings.smart_eps:g}, η "
+                     f"{settings.step_size:g}, σ {settings.sigma:g}, {settings.smart_steps} ascent step(s) in "
+                     f"{settings.smart_ascent_precision}, {settings.smart_dropout} dropout masks) "
                      f"on {on(settings.smart_tasks)}")
     if settings.bregman and settings.bregman_mu:
         parts.append(f"Bregman term towards the weight average (μ {settings.bregman_mu:g}) on {on(settings.smart_tasks)}")
@@ -272,7 +278,7 @@ def describe(settings: RegularizerSettings, tasks: tuple[str, ...]) -> str:
         parts.append(f"R3F ({settings.r3f_noise}, ε {settings.r3f_eps:g}, {settings.smart_dropout} dropout masks) "
                      f"on {on(settings.r3f_tasks)}")
     if settings.rdrop and settings.rdrop_alpha:
-        parts.append(f"R-Drop (α {settings.rdrop_alpha:g}) on {on(settings.rdrop_tasks)}")
+        parts.append(f"R-Drop (α {settings.rdrop_alpha:g}, {settings.rdrop_form} form) on {on(settings.rdrop_tasks)}")
     return "; ".join(parts)
 
 

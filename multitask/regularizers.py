@@ -25,6 +25,10 @@ def new_weight_average(model: MultitaskBert, beta: float | None) -> WeightAverag
 
 
 DROPOUT_MODES = ("shared", "independent")
+RDROP_FORMS = ("paper", "first_pass")
+# The paper's step-to-radius ratio η/ε = 1e-3/1e-5: one ℓ∞-normalised step takes nearly every
+# coordinate of δ to the surface of the ball, δ ≈ ε·sign(g).
+STEP_PER_EPS = 100.0
 
 
 @dataclass
@@ -41,9 +45,16 @@ class RegularizerSettings:
     smart_lambda: float = flag(1.0, "weight λ_s of the adversarial term", type=non_negative)
     smart_eps: float = flag(1e-2, "ℓ∞ radius ε of δ, added after the embedding LayerNorm (entries of order 1); "
                                   "the paper's setting is 1e-5", type=positive)
-    smart_sigma: float = flag(1e-3, "std σ of δ's starting noise (the paper's setting: 1e-5)", type=non_negative)
-    smart_step_size: float = flag(1e-2, "ascent step η (the paper's setting: 1e-3)", type=positive)
+    smart_sigma: float | None = flag(None, "std σ of δ's starting noise (default: ε, the paper's ratio); not 0 with "
+                                           "shared masks, where the ascent would start at its minimum",
+                                     type=non_negative)
+    smart_step_size: float | None = flag(None, "ascent step η (default: 100·ε, the paper's ratio η/ε = 1e-3/1e-5)",
+                                         type=positive)
     smart_steps: int = flag(1, "ascent steps T", type=positive_int)
+    smart_ascent_precision: str = flag(
+        "fp32", "precision of the ascent that finds δ under bf16: fp32 (autocast off; bf16 rounding flips the signs "
+                "the ℓ∞ step follows, a weaker attack) or compute (the run's precision, cheaper)",
+        choices=("fp32", "compute"))
     smart_dropout: str = flag(
         "shared", "dropout masks of the perturbed passes of --smart and --r3f: shared with the clean pass (the "
                   "function the paper's formula compares at x and x+δ), or independent (fresh masks per pass, as "
@@ -64,12 +75,29 @@ class RegularizerSettings:
     r3f_lambda: float = flag(1.0, "weight of the R3F term", type=non_negative)
     rdrop: bool = flag(False, "R-Drop: the divergence between two forward passes with independent dropout masks")
     rdrop_alpha: float = flag(1.0, "weight α of the R-Drop term", type=non_negative)
+    rdrop_form: str = flag(
+        "paper", "paper: the task loss on both passes plus α/2·(KL(P1||P2) + KL(P2||P1)), as Liang et al.; "
+                 "first_pass: the task loss on the first pass only plus α·the symmetric KL, so the row differs "
+                 "from plain fine-tuning by the consistency term alone (which then weighs 4× the paper's at the "
+                 "same α)", choices=RDROP_FORMS)
     rdrop_tasks: tuple[str, ...] | None = flag(
         None, "comma-separated tasks whose steps get the --rdrop term (default: every task)", convert=parse_task_names)
 
     def __post_init__(self) -> None:
         if self.smart_dropout not in DROPOUT_MODES:
             raise ValueError(f"smart_dropout must be one of {DROPOUT_MODES}, got {self.smart_dropout!r}")
+        if self.rdrop_form not in RDROP_FORMS:
+            raise ValueError(f"rdrop_form must be one of {RDROP_FORMS}, got {self.rdrop_form!r}")
+
+    @property
+    def sigma(self) -> float:
+        """σ of δ's starting noise: --smart_sigma, or ε."""
+        return self.smart_eps if self.smart_sigma is None else self.smart_sigma
+
+    @property
+    def step_size(self) -> float:
+        """The ascent step η: --smart_step_size, or STEP_PER_EPS·ε."""
+        return STEP_PER_EPS * self.smart_eps if self.smart_step_size is None else self.smart_step_size
 
     @property
     def adversarial(self) -> bool:
@@ -126,20 +154,24 @@ class Regularizers:
         }[term]
         return switched and weight != 0 and runs_on(task, tasks)
 
+    def shares_masks(self, task: str) -> bool:
+        """Whether this task's step has a perturbed pass that replays the clean pass's dropout masks."""
+        return self.settings.smart_dropout == "shared" and (self.runs("adversarial", task) or self.runs("r3f", task))
+
     def perturbed_function(self, model: MultitaskBert, task: str, mask: torch.Tensor,
-                           masks: DropoutReplay) -> Callable[[torch.Tensor], torch.Tensor]:
-        """x ↦ f(x): the task output from input embeddings, under the clean pass's dropout masks when shared."""
+                           masks: DropoutReplay | None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x ↦ f(x): the task output from input embeddings, under the clean pass's dropout masks when given."""
         def f(embeddings: torch.Tensor) -> torch.Tensor:
             return model.predict_from_embeddings(task, embeddings, mask)
 
-        return masks.wrap(f) if self.settings.smart_dropout == "shared" else f
+        return f if masks is None else masks.wrap(f)
 
     def adversarial(self, f: Callable, embeddings: torch.Tensor, output: torch.Tensor, task: str,
                     mask: torch.Tensor) -> torch.Tensor:
         s = self.settings
         return s.smart_lambda * smoothness_loss(f, embeddings, output, TASKS[task].kind, eps=s.smart_eps,
-                                                sigma=s.smart_sigma, step_size=s.smart_step_size,
-                                                steps=s.smart_steps, mask=mask)
+                                                sigma=s.sigma, step_size=s.step_size, steps=s.smart_steps,
+                                                mask=mask, ascent_in_fp32=s.smart_ascent_precision == "fp32")
 
     def r3f(self, f: Callable, embeddings: torch.Tensor, output: torch.Tensor, task: str,
             mask: torch.Tensor) -> torch.Tensor:
@@ -148,17 +180,30 @@ class Regularizers:
                                        mask=mask)
 
     def rdrop(self, model: MultitaskBert, task: str, batch: dict[str, torch.Tensor],
-              output: torch.Tensor) -> torch.Tensor:
-        # A whole second forward, embeddings included, with masks of its own. The task loss stays
-        # on the first pass only: the task term is then the very one plain fine-tuning has, so an
-        # ablation row differs from the baseline by this term alone (the paper puts the task loss
-        # on both passes).
-        second = model(task, batch)
-        return self.settings.rdrop_alpha * divergence(TASKS[task].kind, second, output)
+              output: torch.Tensor) -> dict[str, torch.Tensor]:
+        """R-Drop's terms: a whole second forward, embeddings included, with dropout masks of its own.
 
-    def bregman(self, task: str, batch: dict[str, torch.Tensor], output: torch.Tensor) -> torch.Tensor:
-        # The average is a fixed target (SMART's teacher): no dropout, no graph.
-        self.average.model.eval()
-        with torch.no_grad():
-            teacher_output = self.average.model(task, batch)
+        "paper": {"rdrop_task": the task loss of the second pass, "rdrop": α/2·symmetric KL}, so the
+        step's loss is L(P1) + L(P2) + α/2·(KL(P1‖P2) + KL(P2‖P1)), Liang et al.'s equation (3).
+        "first_pass": {"rdrop": α·symmetric KL}; the task term is plain fine-tuning's own.
+        """
+        s = self.settings
+        second = model(task, batch)
+        consistency = divergence(TASKS[task].kind, second, output)
+        if s.rdrop_form == "first_pass":
+            return {"rdrop": s.rdrop_alpha * consistency}
+        return {"rdrop_task": TASKS[task].loss(second, batch["labels"]), "rdrop": 0.5 * s.rdrop_alpha * consistency}
+
+    def bregman(self, task: str, batch: dict[str, torch.Tensor], output: torch.Tensor,
+                step_masks: DropoutReplay) -> torch.Tensor:
+        """μ·ℓ_s(f(x; θ), f(x; θ̃)): the average's forward in training mode, replaying the student pass's masks.
+
+        Both passes are then one function at two parameter vectors, so the term is exactly 0 at
+        θ = θ̃; a dropout-free teacher against a dropout-on student would also measure dropout noise.
+        `step_masks` was taken before the student's `embed`, so the embedding dropout is replayed too.
+        """
+        teacher = self.average.model
+        teacher.train()
+        with torch.no_grad(), step_masks.replaying():
+            teacher_output = teacher(task, batch)
         return self.settings.bregman_mu * bregman_loss(output, teacher_output, TASKS[task].kind)

@@ -34,7 +34,7 @@ from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter
 from minbert.memory import release_free_memory
 from minbert.optimizer import AdamW, warmup_linear_decay
 from minbert.precision import PRECISION_HELP, PRECISIONS, autocast
-from minbert.progress import DEFAULT_INTERVAL, ProgressReporter, format_duration
+from minbert.progress import DEFAULT_INTERVAL, ProgressReporter, format_duration, format_loss
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert
@@ -102,9 +102,19 @@ class EpochRecord:
     skipped_steps: int
     extra: dict = field(default_factory=dict)
 
+    def term_ratios(self) -> dict[str, float]:
+        """Each regulariser term's epoch mean over its task's loss: `sst_adversarial` → mean / mean of `sst`."""
+        ratios = {}
+        for key, value in self.train_losses.items():
+            task, _, term = key.partition("_")
+            if term and self.train_losses.get(task):
+                ratios[key] = value / self.train_losses[task]
+        return ratios
+
     def as_json(self) -> dict:
         return {"epoch": self.epoch, **{f"dev_{k}": v for k, v in self.dev_scores.items()}, "dev_mean": self.dev_mean,
-                **{f"loss_{k}": v for k, v in self.train_losses.items()}, "train_seconds": self.train_seconds,
+                **{f"loss_{k}": v for k, v in self.train_losses.items()},
+                **{f"ratio_{k}": v for k, v in self.term_ratios().items()}, "train_seconds": self.train_seconds,
                 "train_examples": self.train_examples, "skipped_steps": self.skipped_steps, **self.extra}
 
 
@@ -135,12 +145,15 @@ class StepLoss(nn.Module):
         self.regularizers = regularizers
 
     def forward(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        r = self.regularizers
+        # Taken before the step's first dropout mask is drawn: the Bregman term's teacher pass replays
+        # all of the student's masks, the embedding dropout's included.
+        step_masks = DropoutReplay(batch["input_ids"].device) if r is not None and r.runs("bregman", task) else None
         embeddings, mask = self.model.embed(task, batch)
         # Taken before the clean pass draws its dropout masks, so the perturbed passes can replay them.
-        masks = DropoutReplay(embeddings.device)
+        masks = DropoutReplay(embeddings.device) if r is not None and r.shares_masks(task) else None
         output = self.model.predict_from_embeddings(task, embeddings, mask)
         terms = {"task": TASKS[task].loss(output, batch["labels"])}
-        r = self.regularizers
         if r is None:
             return terms
         # The order is fixed: each term draws random numbers (noise, dropout masks) in turn.
@@ -150,9 +163,9 @@ class StepLoss(nn.Module):
         if r.runs("r3f", task):
             terms["r3f"] = r.r3f(f, embeddings, output, task, mask)
         if r.runs("rdrop", task):
-            terms["rdrop"] = r.rdrop(self.model, task, batch, output)
-        if r.runs("bregman", task):
-            terms["bregman"] = r.bregman(task, batch, output)
+            terms.update(r.rdrop(self.model, task, batch, output))
+        if step_masks is not None:
+            terms["bregman"] = r.bregman(task, batch, output, step_masks)
         return terms
 
 
@@ -415,6 +428,10 @@ class Trainer:
 
 
 def format_epoch(record: EpochRecord) -> str:
+    """The epoch's dev scores, then its mean training losses, each regulariser term with its share of its task's."""
     scores = "  ".join(f"{task} {value:.3f}" for task, value in record.dev_scores.items())
+    ratios = record.term_ratios()
+    losses = ", ".join(f"{key} {format_loss(value)}" + (f" ({100 * ratios[key]:#.3g}% of {key.partition('_')[0]})" if key in ratios else "")
+                       for key, value in record.train_losses.items())
     return (f"epoch {record.epoch}: dev {scores}  mean {record.dev_mean:.3f}  "
-            f"({record.train_examples} examples in {record.train_seconds:.0f}s)")
+            f"({record.train_examples} examples in {record.train_seconds:.0f}s); train losses {losses}")

@@ -9,7 +9,9 @@ each task, precision (fp32, bf16 autocast) and ε of a log grid: the mean advers
 and two references that do not depend on ε: the δ = 0 floor with shared masks (0 when the masks
 are really shared and f is deterministic) and the value with independent masks at δ = 0 (the
 dropout disagreement R-Drop measures). δ is added after the embedding LayerNorm, where entries
-are of order 1. The ascent step η and starting noise σ scale with ε (--step_ratio, --sigma_ratio).
+are of order 1. The ascent step η and starting noise σ scale with ε (--step_ratio, --sigma_ratio;
+their defaults are the training defaults, η = 100·ε and σ = ε), and the ascent runs in fp32 as in
+training (--ascent_precision).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from minbert.precision import autocast  # noqa: E402
 from multitask.batching import EncodedTask, encode_task  # noqa: E402
 from multitask.checkpoint import load_checkpoint  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
+from multitask.regularizers import STEP_PER_EPS  # noqa: E402
 from multitask.tasks import COURSE_TASKS, TASKS  # noqa: E402
 from smart import DropoutReplay, divergence, r3f_loss, smoothness_loss  # noqa: E402
 
@@ -38,7 +41,7 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def batch_terms(model: MultitaskBert, task: str, batch: dict[str, torch.Tensor], eps_grid: tuple[float, ...],
-                step_ratio: float, sigma_ratio: float, seed: int) -> dict:
+                step_ratio: float, sigma_ratio: float, seed: int, ascent_in_fp32: bool = True) -> dict:
     """Every term for one batch, each from the same dropout masks (the stream is reseeded first)."""
     kind = TASKS[task].kind
     torch.manual_seed(seed)
@@ -56,14 +59,14 @@ def batch_terms(model: MultitaskBert, task: str, batch: dict[str, torch.Tensor],
     for eps in eps_grid:
         result["adversarial"].append(smoothness_loss(shared, embeddings, clean, kind, eps=eps,
                                                      sigma=eps * sigma_ratio, step_size=eps * step_ratio,
-                                                     steps=1, mask=mask).item())
+                                                     steps=1, mask=mask, ascent_in_fp32=ascent_in_fp32).item())
         result["r3f"].append(r3f_loss(shared, embeddings, clean, kind, eps=eps, mask=mask).item())
     return result
 
 
 def measure(model: MultitaskBert, datasets: dict[str, EncodedTask], eps_grid: tuple[float, ...],
-            precision: str, batch_size: int = 16, step_ratio: float = 1.0, sigma_ratio: float = 0.1,
-            seed: int = 0) -> dict[str, dict]:
+            precision: str, batch_size: int = 16, step_ratio: float = STEP_PER_EPS, sigma_ratio: float = 1.0,
+            seed: int = 0, ascent_in_fp32: bool = True) -> dict[str, dict]:
     """Per task: mean of each term over the batches, in training mode, at this precision."""
     model.train()
     device = next(model.parameters()).device
@@ -74,7 +77,8 @@ def measure(model: MultitaskBert, datasets: dict[str, EncodedTask], eps_grid: tu
         for number, indices in enumerate(batches):
             batch = {k: v.to(device) for k, v in dataset.batch(indices).items()}
             with torch.no_grad(), autocast(device, precision):
-                terms = batch_terms(model, task, batch, eps_grid, step_ratio, sigma_ratio, seed + number)
+                terms = batch_terms(model, task, batch, eps_grid, step_ratio, sigma_ratio, seed + number,
+                                    ascent_in_fp32)
             for key, value in terms.items():
                 if isinstance(value, list):
                     sums[key] = [a + b for a, b in zip(sums.get(key, [0.0] * len(value)), value)]
@@ -113,8 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--examples", type=int, default=64, help="training examples per task")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--eps", default=",".join(f"{e:g}" for e in EPS_GRID), help="comma-separated radii")
-    p.add_argument("--step_ratio", type=float, default=1.0, help="ascent step η as a multiple of ε")
-    p.add_argument("--sigma_ratio", type=float, default=0.1, help="starting noise σ as a multiple of ε")
+    p.add_argument("--step_ratio", type=float, default=STEP_PER_EPS, help="ascent step η as a multiple of ε")
+    p.add_argument("--sigma_ratio", type=float, default=1.0, help="starting noise σ as a multiple of ε")
+    p.add_argument("--ascent_precision", choices=("fp32", "compute"), default="fp32",
+                   help="the ascent's precision under bf16 (--smart_ascent_precision)")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -129,15 +135,16 @@ def main(argv: list[str] | None = None) -> None:
         datasets[task] = encode_task(examples, tokenizer, spec, model.pair_encoding, 128)
     started = time.perf_counter()
     results = {precision: measure(model, datasets, eps_grid, precision, args.batch_size, args.step_ratio,
-                                  args.sigma_ratio, args.seed)
+                                  args.sigma_ratio, args.seed, args.ascent_precision == "fp32")
                for precision in args.precisions.split(",")}
     print(format_table(results, eps_grid))
     print(f"({time.perf_counter() - started:.0f}s; {args.examples} training examples per task, training mode, "
-          f"η = {args.step_ratio:g}·ε, σ = {args.sigma_ratio:g}·ε)")
+          f"η = {args.step_ratio:g}·ε, σ = {args.sigma_ratio:g}·ε, ascent in {args.ascent_precision})")
     if args.json is not None:
         record = {"command": " ".join(["python", "scripts/smart_sensitivity.py", *(argv or sys.argv[1:])]),
                   "date": time.strftime("%Y-%m-%d"), "checkpoint": str(checkpoint) if checkpoint else "packaged",
                   "eps": list(eps_grid), "step_ratio": args.step_ratio, "sigma_ratio": args.sigma_ratio,
+                  "ascent_precision": args.ascent_precision,
                   "examples": args.examples, "results": results}
         atomic_write_text(args.json, json.dumps(record, indent=1) + "\n")
 

@@ -1,12 +1,15 @@
-"""The SMART radius sweep: plain fine-tuning and SMART at each ε, one epoch, paired seeds, as a table of differences.
+"""The SMART sweep over radius ε and weight λ_s: one epoch per point, paired seeds, differences from plain fine-tuning.
 
     python scripts/smart_sweep.py                     # every point, seeds 11711 and 1 (resumable)
     python scripts/smart_sweep.py --report_only       # the table from the runs finished so far
 
-Each point is a one-configuration grid of scripts/ablate.py in <out_dir>/<point>/; runs go seed by
-seed, so a sweep stopped part-way still compares every point on the first seed. Rerunning skips
-finished runs. The table (results/smart_sweep.md and .json) gives each point's scores and its
-paired difference from plain fine-tuning with the same seed.
+Each point is `--smart` with its ε and λ_s and the other SMART settings at their defaults (η = 100·ε,
+σ = ε), a one-configuration grid of scripts/ablate.py in <out_dir>/<point>/; runs go seed by seed,
+so a sweep stopped part-way still compares every point on the first seed. Rerunning skips finished
+runs. The table (results/smart_sweep.md and .json) gives each point's scores, its paired difference
+from plain fine-tuning with the same seed, and the size of its adversarial term: the epoch mean and
+its ratio to the task loss per task. A point is active when that ratio is at least ACTIVE_RATIO on
+every task; the rule that picks the default among the active points is in results/README.md.
 """
 
 from __future__ import annotations
@@ -22,43 +25,62 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minbert.atomic import atomic_write_text  # noqa: E402
 from minbert.flags import OneLineErrorParser  # noqa: E402
 from minbert.precision import PRECISION_HELP, PRECISIONS  # noqa: E402
+from minbert.progress import format_loss  # noqa: E402
 from multitask.ablation import GridError, GridSettings, RunResult, finished_results, parse_seeds, run_grid  # noqa: E402
 from multitask.ablation.seed_stats import (format_difference, format_stat, mean_std, metric_columns,  # noqa: E402
                                            paired_difference, per_seed, time_ratio)
 
-# name: (ε, η, σ) as written on the command line. η = ε and σ = ε/10 keep one ascent step inside
-# the ball and the starting noise well inside it; "paper" is the setting of Jiang et al. (2020).
-POINTS = {"eps1e-1": ("1e-1", "1e-1", "0.01"), "eps1": ("1", "1", "0.1"), "eps1e-2": ("1e-2", "1e-2", "0.001"),
-          "eps1e-3": ("1e-3", "1e-3", "0.0001"), "paper": ("1e-5", "1e-3", "1e-5")}
+# name: (ε, λ_s) as written on the command line, in the order the sweep runs them (the largest
+# terms first: they are the candidates for an active default).
+POINTS = {f"eps{eps}_lambda{weight}": (eps, weight)
+          for eps in ("1e-1", "3e-2", "1e-2", "1e-3") for weight in ("1", "5")}
 BASELINE = "baseline"
+# A point whose adversarial term's epoch mean is below this share of the task loss on some task
+# has, on that task, switched the term off in all but name.
+ACTIVE_RATIO = 0.01
 
 
 def point_settings(out_dir: Path, point: str, seeds: list[int], precision: str) -> GridSettings:
     if point == BASELINE:
         return GridSettings(out_dir=out_dir / BASELINE, configs=[BASELINE], seeds=seeds, epochs=1,
                             skip_predictions=True, precision=precision)
-    eps, step, sigma = POINTS[point]
+    eps, weight = POINTS[point]
     return GridSettings(out_dir=out_dir / point, configs=["smart"], seeds=seeds, epochs=1, skip_predictions=True,
-                        extra_args=["--smart_eps", eps, "--smart_step_size", step, "--smart_sigma", sigma],
-                        precision=precision)
+                        extra_args=["--smart_eps", eps, "--smart_lambda", weight], precision=precision)
+
+
+def term_sizes(runs: list[RunResult], tasks: list[str]) -> dict[str, tuple[float, float]]:
+    """Per task: (adversarial term's epoch mean, its ratio to the task loss), each averaged over the runs."""
+    sizes = {}
+    for task in tasks:
+        means = [r.terms[f"loss_{task}_adversarial"] for r in runs if f"loss_{task}_adversarial" in r.terms]
+        ratios = [r.terms[f"ratio_{task}_adversarial"] for r in runs if f"ratio_{task}_adversarial" in r.terms]
+        if means and ratios:
+            sizes[task] = (sum(means) / len(means), sum(ratios) / len(ratios))
+    return sizes
+
+
+def is_active(sizes: dict[str, tuple[float, float]], tasks: list[str]) -> bool:
+    return all(task in sizes and sizes[task][1] >= ACTIVE_RATIO for task in tasks)
 
 
 def markdown(seeds: list[int], rows: dict[str, list[RunResult]]) -> str:
     base = rows[BASELINE]
     metrics = metric_columns([r for runs in rows.values() for r in runs])
-    lines = ["# SMART radius sweep", "",
+    tasks = [key[len("dev_"):] for key, _ in metrics if key != "dev_mean"]
+    lines = ["# SMART sweep: radius ε and weight λ_s", "",
              f"One epoch on the full training data, full dev sets, seeds {', '.join(map(str, seeds))}; "
              "`python multitask_classifier.py --option finetune --epochs 1 --skip_predictions`, each point with "
-             "`--smart` (the adversarial and the Bregman term) and its ε, η, σ. Scores: mean ± sample std over the finished seeds. Δ: the point's score minus plain "
+             "`--smart` (the adversarial and the Bregman term), its `--smart_eps` and `--smart_lambda`, η = 100·ε and "
+             "σ = ε. Scores: mean ± sample std over the finished seeds. Δ: the point's score minus plain "
              "fine-tuning's with the same seed, averaged over seeds, in points (×100), with a 95% t-interval "
              "once two seeds are in. Time: mean per-seed ratio of training time to plain fine-tuning's, a "
-             "measurement only when the runs had the machine to themselves (results/README.md says how these ran; "
-             "scripts/bench.py measures the step cost).", "",
-             "| point | ε | η | σ | seeds | " + " | ".join(title for _, title in metrics) + " | "
+             "measurement only when the runs had the machine to themselves.", "",
+             "| point | ε | λ_s | seeds | " + " | ".join(title for _, title in metrics) + " | "
              + " | ".join(f"Δ {title}" for _, title in metrics) + " | time × |",
-             "|---|---|---|---|---|" + "---|" * (2 * len(metrics)) + "---|"]
+             "|---|---|---|---|" + "---|" * (2 * len(metrics)) + "---|"]
     for point, runs in rows.items():
-        eps, step, sigma = POINTS.get(point, ("—", "—", "—"))
+        eps, weight = POINTS.get(point, ("—", "—"))
         scores = [format_stat(mean_std([r.value(key) for r in runs])) for key, _ in metrics]
         if point == BASELINE:
             deltas, ratio = ["—"] * len(metrics), "1"
@@ -68,8 +90,18 @@ def markdown(seeds: list[int], rows: dict[str, list[RunResult]]) -> str:
             mean_ratio = time_ratio(runs, base)
             ratio = "—" if mean_ratio is None else f"{mean_ratio:.2f}"
         seeds_done = ",".join(str(r.seed) for r in runs) or "none yet"
-        lines.append(f"| {point} | {eps} | {step} | {sigma} | {seeds_done} | " + " | ".join(scores) + " | "
+        lines.append(f"| {point} | {eps} | {weight} | {seeds_done} | " + " | ".join(scores) + " | "
                      + " | ".join(deltas) + f" | {ratio} |")
+    lines += ["", "## Size of the adversarial term", "",
+              "Epoch mean of λ_s·ℓ_s(f(x + δ), f(x)) per task, and in brackets its ratio to the task loss's epoch "
+              f"mean (averaged over the finished seeds). Active: at least {ACTIVE_RATIO:.0%} on every task.", "",
+              "| point | " + " | ".join(tasks) + " | active |", "|---|" + "---|" * len(tasks) + "---|"]
+    for point, runs in rows.items():
+        if point == BASELINE or not runs:
+            continue
+        sizes = term_sizes(runs, tasks)
+        cells = [f"{format_loss(sizes[t][0])} ({sizes[t][1]:.2%})" if t in sizes else "—" for t in tasks]
+        lines.append(f"| {point} | " + " | ".join(cells) + f" | {'yes' if is_active(sizes, tasks) else 'no'} |")
     lines += ["", f"Written {time.strftime('%Y-%m-%d %H:%M')} by `scripts/smart_sweep.py`."]
     return "\n".join(lines) + "\n"
 

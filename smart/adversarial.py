@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 
@@ -42,13 +43,28 @@ def adversarial_perturbation(
     step_size: float,
     steps: int,
     keep: torch.Tensor | None,
+    ascent_in_fp32: bool = False,
 ) -> torch.Tensor:
-    """The δ of Algorithm 1 after `steps` projected ascent steps, detached (arguments already checked)."""
+    """The δ of Algorithm 1 after `steps` projected ascent steps, detached (arguments already checked).
+
+    With `ascent_in_fp32`, the ascent's passes run with autocast off. Its first gradient is taken
+    at δ₀ ~ N(0, σ²), whose entries can sit below bf16's resolution of order-1 embeddings, and it
+    steers by the signs of small gradient entries, which bf16 rounding in the backward pass flips:
+    under bf16 the δ found is a weaker attack than fp32's at the same radius. ℓ_s is then taken
+    against the clean output of that same fp32 function (one extra forward without a graph), so
+    that at δ = 0 the ascent's objective is exactly 0, not the bf16 rounding gap.
+    """
     base = embeddings.detach()
-    target = clean_output.detach()
     delta = masked_noise(embeddings, "normal", sigma, keep)
+    precise = ascent_in_fp32 and torch.is_autocast_enabled(base.device.type)
     # The caller may sit under no_grad (e.g. an evaluation probe); the ascent needs a graph anyway.
-    with torch.enable_grad():
+    autocast_off = torch.autocast(base.device.type, enabled=False) if precise else nullcontext()
+    with torch.enable_grad(), autocast_off:
+        if precise and steps > 0:
+            with torch.no_grad():
+                target = fn(base).detach()
+        else:
+            target = clean_output.detach()
         for _ in range(steps):
             delta.requires_grad_(True)
             loss = divergence(kind, fn(base + delta), target)
@@ -73,6 +89,7 @@ def smoothness_loss(
     step_size: float = 1e-3,
     steps: int = 1,
     mask: torch.Tensor | None = None,
+    ascent_in_fp32: bool = False,
 ) -> torch.Tensor:
     """R_s = ℓ_s(f(x + δ), f(x)), δ found by projected ℓ∞ gradient ascent; a scalar to weight by λ_s.
 
@@ -83,7 +100,12 @@ def smoothness_loss(
     δ₀ ~ N(0, σ²I); each step ascends ℓ_s by step_size along the ℓ∞-normalised gradient with respect
     to δ alone and projects onto ‖δ‖∞ ≤ eps. With steps = 0 only the noise remains (and δ₀ is not
     projected, as in the paper). The returned loss carries gradients into the parameters through
-    both the perturbed forward and clean_output; δ itself is a constant.
+    both the perturbed forward and clean_output; δ itself is a constant. `ascent_in_fp32`: see
+    `adversarial_perturbation`; the final perturbed pass always runs in the caller's precision, the
+    one f(x) was computed in.
+
+    With a deterministic fn (shared dropout masks) and sigma = 0 the ascent starts at the exact
+    minimum of ℓ_s, where the gradient is 0, so δ stays 0: the caller should refuse that setting.
     """
     check_kind(kind)
     check_positive("eps", eps)
@@ -92,6 +114,6 @@ def smoothness_loss(
     _check_steps(steps)
     keep = keep_mask(embeddings, mask)
     delta = adversarial_perturbation(
-        fn, embeddings, clean_output, kind, eps, sigma, step_size, steps, keep
+        fn, embeddings, clean_output, kind, eps, sigma, step_size, steps, keep, ascent_in_fp32
     )
     return divergence(kind, fn(embeddings + delta), clean_output)

@@ -22,7 +22,7 @@ class Poisoning(Regularizers):
     def rdrop(self, model, task, batch, output):
         bad = self.bad_calls is None or self.calls in self.bad_calls
         self.calls += 1
-        return torch.tensor(float("nan") if bad else 0.0)
+        return {"rdrop": torch.tensor(float("nan") if bad else 0.0)}
 
 
 def trainer_with(regularizers: Regularizers, tmp_path, max_bad_steps: int = 20) -> Trainer:

@@ -39,6 +39,9 @@ class RunResult:
     error: str | None = None
     machine: str | None = None  # where it trained: times compare only between runs on one machine
     signature: dict | None = None  # run_signature: what a later invocation must match to reuse this run
+    # The best epoch's mean training loss terms (`loss_sst`, `loss_sst_adversarial`, ...) and each
+    # regulariser term's ratio to its task's loss (`ratio_sst_adversarial`): how large the terms were.
+    terms: dict[str, float] = field(default_factory=dict)
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -140,7 +143,8 @@ def result_from_metrics(config: str, seed: int, directory: Path, records: list[d
                      dev_mean=best["dev_mean"],
                      train_seconds=round(sum(record.get("train_seconds", 0.0) for record in records), 1),
                      wall_seconds=None if wall is None else round(wall, 1), reused=reused,
-                     machine=done.get("machine"), signature=done.get("signature"))
+                     machine=done.get("machine"), signature=done.get("signature"),
+                     terms={key: value for key, value in best.items() if key.startswith(("loss_", "ratio_"))})
 
 
 def last_error_line(log_path: Path) -> str:
