@@ -100,7 +100,7 @@ def markdown(seeds: list[int], rows: dict[str, list[RunResult]]) -> str:
         if point == BASELINE or not runs:
             continue
         sizes = term_sizes(runs, tasks)
-        cells = [f"{format_loss(sizes[t][0])} ({sizes[t][1]:.2%})" if t in sizes else "—" for t in tasks]
+        cells = [f"{format_loss(sizes[t][0])} ({100 * sizes[t][1]:#.3g}%)" if t in sizes else "—" for t in tasks]
         lines.append(f"| {point} | " + " | ".join(cells) + f" | {'yes' if is_active(sizes, tasks) else 'no'} |")
     lines += ["", f"Written {time.strftime('%Y-%m-%d %H:%M')} by `scripts/smart_sweep.py`."]
     return "\n".join(lines) + "\n"
