@@ -20,13 +20,14 @@ from minbert.precision import resolve_precision
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.data import DataError
-from multitask.distributed import (DistributedError, dump_final_state, global_batch_size, make_trainer,
+from multitask.distributed import (DistEnv, DistributedError, dump_final_state, global_batch_size, make_trainer,
                                    reseed_ranks_after_resume, start, stop)
 from multitask.evaluate import overall, predict
 from multitask.model import MIN_LENGTH, MultitaskBert
 from multitask.predictions import PredictionFile, write_predictions
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
 from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
+from multitask.run_lock import RunLockError, hold_output_locks
 from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.settings import RunSettings, Settings, build_parser, settings_from
 from multitask.submission import score_dev_predictions
@@ -49,8 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        train_and_predict(settings)
-    except (DataError, CheckpointError, TrainingAborted, DeviceError, DistributedError) as err:
+        env, device = start(settings.run.device, settings.run.use_gpu)
+        # Before anything is read or written: a second run on the same outputs stops here, in one line.
+        with hold_output_locks(settings, env):
+            train_and_predict(settings, env, device)
+    except (DataError, CheckpointError, TrainingAborted, DeviceError, DistributedError, RunLockError) as err:
         sys.exit(f"error: {err}")
     finally:
         stop()
@@ -95,11 +99,10 @@ def max_positions(pretrained: Path | None) -> int | None:
         return None
 
 
-def train_and_predict(settings: Settings) -> None:
+def train_and_predict(settings: Settings, env: DistEnv, device: torch.device) -> None:
     """Train as the settings say (or only predict), keep the best checkpoint, write the prediction files."""
     run, model_settings = settings.run, settings.model
     tasks = run.tasks
-    env, device = start(run.device, run.use_gpu)
     # The same seed on every rank: identical data, epoch plan and model initialisation.
     seed_everything(settings.train.seed)
     if run.predict_only:

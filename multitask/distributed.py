@@ -71,6 +71,22 @@ class DistEnv:
         if self.is_distributed:
             dist.barrier()
 
+    def share_from_main(self, value: T) -> T:
+        """Rank 0's `value` on every rank (a picklable object; in one process, the value itself)."""
+        if not self.is_distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: T) -> list[T]:
+        """Every rank's `value`, in rank order, on every rank."""
+        if not self.is_distributed:
+            return [value]
+        values: list = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
 
 def start(device: str = "auto", use_gpu: bool = False) -> tuple[DistEnv, torch.device]:
     """This process's place in the job and its device; joins the process group under torchrun.
