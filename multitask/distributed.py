@@ -12,10 +12,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from minbert import CheckpointError
 from minbert.weights import save_tensors
 from multitask.batching import EncodedTask, restore_order, sorted_batches
 from multitask.evaluate import batch_outputs
 from multitask.model import MultitaskBert
+from multitask.resume import RunState
 from multitask.runtime import pick_device, to_device
 from multitask.tasks import TASKS
 from multitask.train import Trainer
@@ -163,6 +165,34 @@ def reseed_ranks_after_resume(env: DistEnv, seed: int, updates: int) -> None:
     """
     if env.is_distributed:
         torch.manual_seed(rank_seed(seed, env.rank, updates))
+
+
+def load_agreed_state(env: DistEnv, run_state: RunState) -> dict | None:
+    """`run_state.load()` on every rank, refused on all of them unless all ranks see the same state.
+
+    Each process reads `<out_dir>/resume` from its own disk. On machines that do not share a
+    filesystem, rank 0 would resume while the others start fresh (or from an older copy), and
+    the ranks would silently train different models or hang in a collective. So the ranks
+    compare what they see (save, update, content digest) and all stop with the same one line
+    if they differ. In one process this is `run_state.load()`.
+    """
+    if not env.is_distributed:
+        return run_state.load()
+    try:
+        saved = run_state.load()
+        view = run_state.identity(saved)
+    except CheckpointError as err:
+        # Raised only after every rank has reported, or the others would wait in the gather forever.
+        saved, view = None, f"error: {err}"
+    views = env.gather(view)
+    if len(set(views)) == 1:
+        if view.startswith("error: "):
+            raise CheckpointError(view.removeprefix("error: "))
+        return saved
+    seen = "; ".join(f"rank {rank}: {seen}" for rank, seen in enumerate(views))
+    raise DistributedError(f"--resume: the processes see different resume states ({seen}); every process must "
+                           f"resume the same one: put --out_dir on a filesystem all machines share, or copy rank 0's "
+                           f"{run_state.directory} to every machine (or drop --resume to start over)")
 
 
 @torch.no_grad()

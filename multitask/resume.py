@@ -137,6 +137,18 @@ class RunState:
         if self.directory.is_dir() and not any(self.directory.iterdir()):
             self.directory.rmdir()
 
+    def identity(self, state: dict | None) -> str:
+        """What a process would resume from, comparable between processes: its save and the files' content."""
+        if state is None:
+            return "no state"
+        digest = hashlib.sha256()
+        # Content, not only the serial: a copy from another run, or one made before a later save,
+        # can carry the same serial and different weights.
+        for path in (self.state_file, self.directory / state["weights"]):
+            digest.update(file_sha256(path).encode() if path.is_file() else b"missing")
+        return (f"save {state['serial']} at update {state['trainer'].get('updates')} "
+                f"(content sha256 {digest.hexdigest()[:12]})")
+
     def save(self, trainer: Trainer, average: WeightAverage | None = None) -> None:
         """Save everything needed to continue `trainer` exactly; call only between updates."""
         self.serial += 1
