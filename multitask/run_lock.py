@@ -127,7 +127,11 @@ def acquire(spec: LockSpec) -> bool:
     path = spec.path
     for _ in range(ATTEMPTS):
         created = not path.parent.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunLockError(f"{spec.what}: cannot create {path.parent} ({err.strerror}); "
+                               f"{spec.instead}") from err
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileNotFoundError:
@@ -162,8 +166,8 @@ def refusal(spec: LockSpec, owner: LockOwner) -> str:
 def take_over(path: Path, owner: LockOwner) -> None:
     """Remove the lock of a dead process, unless someone else replaced it meanwhile.
 
-    Reading and deleting are two steps, so a second file guards them: two runs that find the same
-    stale lock cannot both delete it, and one of them delete the other's fresh lock.
+    Reading and deleting are two steps, so a second file guards them: of two runs that find the
+    same stale lock, one deletes it, and the other cannot delete the fresh lock the first then takes.
     """
     guard = path.with_name(path.name + ".takeover")
     try:
@@ -216,8 +220,8 @@ def output_locks(settings: Settings) -> list[LockSpec]:
 
     --predict_only reads --checkpoint and writes only prediction files, so it locks only their
     directories. Prediction files are locked by directory, not by name: by default every run
-    writes them to `predictions/`, whatever its --out_dir, and a submission zips one directory's
-    six files, which must come from one run.
+    writes them to `predictions/`, whatever its --out_dir, and a submission packs the files of
+    one directory, which must come from one run.
     """
     run = settings.run
     specs = []

@@ -120,6 +120,14 @@ def test_an_unreadable_lock_is_refused_naming_the_file(tmp_path, monkeypatch):
             pass
 
 
+def test_a_directory_that_cannot_be_made_is_refused_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("a file where the directory should be")
+    with pytest.raises(RunLockError, match=rf"^--out_dir {tmp_path / 'file' / 'run'}: cannot create "
+                                           rf"{tmp_path / 'file' / 'run'} \(.*\); pick another --out_dir$"):
+        with holding([spec(tmp_path / "file" / "run")]):
+            pass
+
+
 def test_release_leaves_a_lock_that_is_no_longer_ours(tmp_path):
     with holding([spec(tmp_path)]):
         # Deleted by hand and taken by another run meanwhile.
