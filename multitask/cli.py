@@ -20,13 +20,14 @@ from minbert.precision import resolve_precision
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.data import DataError
-from multitask.distributed import (DistributedError, dump_final_state, global_batch_size, make_trainer,
-                                   reseed_ranks_after_resume, start, stop)
+from multitask.distributed import (DistEnv, DistributedError, dump_final_state, global_batch_size, load_agreed_state,
+                                   make_trainer, reseed_ranks_after_resume, start, stop)
 from multitask.evaluate import overall, predict
 from multitask.model import MIN_LENGTH, MultitaskBert
 from multitask.predictions import PredictionFile, write_predictions
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
 from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
+from multitask.run_lock import RunLockError, hold_output_locks
 from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.settings import RunSettings, Settings, build_parser, settings_from
 from multitask.submission import score_dev_predictions
@@ -49,8 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        train_and_predict(settings)
-    except (DataError, CheckpointError, TrainingAborted, DeviceError, DistributedError) as err:
+        env, device = start(settings.run.device, settings.run.use_gpu)
+        # Before anything is read or written: a second run on the same outputs stops here, in one line.
+        with hold_output_locks(settings, env):
+            train_and_predict(settings, env, device)
+    except (DataError, CheckpointError, TrainingAborted, DeviceError, DistributedError, RunLockError) as err:
         sys.exit(f"error: {err}")
     finally:
         stop()
@@ -95,11 +99,10 @@ def max_positions(pretrained: Path | None) -> int | None:
         return None
 
 
-def train_and_predict(settings: Settings) -> None:
+def train_and_predict(settings: Settings, env: DistEnv, device: torch.device) -> None:
     """Train as the settings say (or only predict), keep the best checkpoint, write the prediction files."""
     run, model_settings = settings.run, settings.model
     tasks = run.tasks
-    env, device = start(run.device, run.use_gpu)
     # The same seed on every rank: identical data, epoch plan and model initialisation.
     seed_everything(settings.train.seed)
     if run.predict_only:
@@ -120,7 +123,7 @@ def train_and_predict(settings: Settings) -> None:
     log.info("data: %s", ", ".join(f"{t} train {len(train_sets[t])} dev {len(dev_sets[t])}" for t in tasks))
     # Checked before the model loads, so a mismatched state is refused early; after the data is
     # read, so that a missing or broken data file is reported as such.
-    run_state, saved = open_run_state(settings, train, device)
+    run_state, saved = open_run_state(settings, train, device, env)
 
     # Pad positions never reach a head (mean pooling masks them), so the layers may skip them.
     encoder = BertModel.from_pretrained(model_settings.pretrained,
@@ -200,13 +203,17 @@ def resolved_train_settings(settings: Settings, device: torch.device, world_size
         precision=resolve_precision(train.precision, device))
 
 
-def open_run_state(settings: Settings, train: TrainSettings, device: torch.device) -> tuple[RunState, dict | None]:
-    """The run's `<out_dir>/resume` state, and with --resume what it saved (None: nothing to resume)."""
+def open_run_state(settings: Settings, train: TrainSettings, device: torch.device,
+                   env: DistEnv = DistEnv()) -> tuple[RunState, dict | None]:
+    """The run's `<out_dir>/resume` state, and with --resume what it saved (None: nothing to resume).
+
+    Under torchrun every rank must see the same saved state, or all of them refuse (load_agreed_state).
+    """
     data_files = {f"{task}_{split}": settings.data_file(task, split)
                   for task in settings.run.tasks for split in ("train", "dev")}
     flags = {**settings.flags, "lr": train.lr, "precision": train.precision}
     run_state = RunState(settings.run.out_dir / STATE_DIR, run_fingerprint(flags, device, data_files))
-    saved = run_state.load() if settings.run.resume else None
+    saved = load_agreed_state(env, run_state) if settings.run.resume else None
     if settings.run.resume and saved is None:
         log.info("--resume: no saved state in %s; starting a fresh run", run_state.directory)
     return run_state, saved

@@ -12,10 +12,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from minbert import CheckpointError
 from minbert.weights import save_tensors
 from multitask.batching import EncodedTask, restore_order, sorted_batches
 from multitask.evaluate import batch_outputs
 from multitask.model import MultitaskBert
+from multitask.resume import RunState
 from multitask.runtime import pick_device, to_device
 from multitask.tasks import TASKS
 from multitask.train import Trainer
@@ -70,6 +72,22 @@ class DistEnv:
         """Wait until every process gets here (no-op in one process), e.g. after rank 0 saved a file."""
         if self.is_distributed:
             dist.barrier()
+
+    def share_from_main(self, value: T) -> T:
+        """Rank 0's `value` on every rank (a picklable object; in one process, the value itself)."""
+        if not self.is_distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: T) -> list[T]:
+        """Every rank's `value`, in rank order, on every rank."""
+        if not self.is_distributed:
+            return [value]
+        values: list = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
 
 
 def start(device: str = "auto", use_gpu: bool = False) -> tuple[DistEnv, torch.device]:
@@ -147,6 +165,34 @@ def reseed_ranks_after_resume(env: DistEnv, seed: int, updates: int) -> None:
     """
     if env.is_distributed:
         torch.manual_seed(rank_seed(seed, env.rank, updates))
+
+
+def load_agreed_state(env: DistEnv, run_state: RunState) -> dict | None:
+    """`run_state.load()` on every rank, refused on all of them unless all ranks see the same state.
+
+    Each process reads `<out_dir>/resume` from its own disk. On machines that do not share a
+    filesystem, rank 0 would resume while the others start fresh (or from an older copy), and
+    the ranks would silently train different models or hang in a collective. So the ranks
+    compare what they see (save, update, content digest) and all stop with the same one line
+    if they differ. In one process this is `run_state.load()`.
+    """
+    if not env.is_distributed:
+        return run_state.load()
+    try:
+        saved = run_state.load()
+        view = run_state.identity(saved)
+    except CheckpointError as err:
+        # Raised only after every rank has reported, or the others would wait in the gather forever.
+        saved, view = None, f"error: {err}"
+    views = env.gather(view)
+    if len(set(views)) == 1:
+        if view.startswith("error: "):
+            raise CheckpointError(view.removeprefix("error: "))
+        return saved
+    seen = "; ".join(f"rank {rank}: {seen}" for rank, seen in enumerate(views))
+    raise DistributedError(f"--resume: the processes see different resume states ({seen}); every process must "
+                           f"resume the same one: put --out_dir on a filesystem all machines share, or copy rank 0's "
+                           f"{run_state.directory} to every machine (or drop --resume to start over)")
 
 
 @torch.no_grad()

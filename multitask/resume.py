@@ -8,6 +8,7 @@ import logging
 import pickle
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -78,9 +79,29 @@ def restore_rng(state: dict) -> None:
     name, keys, position, has_gauss, cached_gaussian = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        # The device is part of the fingerprint, so a CUDA state only ever meets a CUDA run.
-        torch.cuda.set_rng_state_all(state["cuda"])
+    # device_count() is 0 without CUDA: a CPU run saved on a GPU machine may resume on a CPU-only one.
+    restore_cuda_rng(state["cuda"], torch.cuda.device_count(),
+                     lambda saved, index: torch.cuda.set_rng_state(saved, index))
+
+
+def restore_cuda_rng(saved: list[torch.Tensor], visible: int,
+                     set_state: Callable[[torch.Tensor, int], None]) -> int:
+    """Put back the saved CUDA generator states of the devices this process sees; returns how many.
+
+    A state saved with N visible GPUs may resume with M (another machine, another
+    CUDA_VISIBLE_DEVICES): device i gets saved state i for i < min(N, M). Training uses device 0
+    (one process) or reseeds per rank (torchrun), so a missing or surplus device changes nothing
+    it draws from; the mismatch is logged in one line.
+    """
+    restored = min(len(saved), visible)
+    for index in range(restored):
+        set_state(saved[index], index)
+    if len(saved) != visible:
+        log.info("resume: the state holds the CUDA RNG states of %d device(s), %d visible here: restored %d%s",
+                 len(saved), visible, restored,
+                 f", dropped {len(saved) - restored}" if len(saved) > restored
+                 else f", devices {restored}..{visible - 1} keep this run's seeding")
+    return restored
 
 
 class RunState:
@@ -115,6 +136,18 @@ class RunState:
         self.clear()
         if self.directory.is_dir() and not any(self.directory.iterdir()):
             self.directory.rmdir()
+
+    def identity(self, state: dict | None) -> str:
+        """What a process would resume from, comparable between processes: its save and the files' content."""
+        if state is None:
+            return "no state"
+        digest = hashlib.sha256()
+        # Content, not only the serial: a copy from another run, or one made before a later save,
+        # can carry the same serial and different weights.
+        for path in (self.state_file, self.directory / state["weights"]):
+            digest.update(file_sha256(path).encode() if path.is_file() else b"missing")
+        return (f"save {state['serial']} at update {state['trainer'].get('updates')} "
+                f"(content sha256 {digest.hexdigest()[:12]})")
 
     def save(self, trainer: Trainer, average: WeightAverage | None = None) -> None:
         """Save everything needed to continue `trainer` exactly; call only between updates."""

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing
 from safetensors.torch import load_file
 
-from minbert import BertModel
+from minbert import BertModel, CheckpointError
 from minbert.paths import default_checkpoint_dir
-from multitask.cli import main
+from multitask.cli import main, open_run_state
 from multitask.distributed import DUMP_ENV, DistEnv, DistributedError, global_batch_size, shard
+from multitask.resume import FORMAT
+from multitask.run_lock import OUT_DIR_LOCK, LockSpec, RunLockError, hold_output_locks, holding
+from multitask.settings import parse
 from tests.test_pipeline import SEED, check_predictions, data_args, output_args, write_tiny_course_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -203,3 +212,113 @@ def test_smart_teacher_stays_identical_on_both_ranks(tiny, tmp_path):
     assert all(torch.equal(dumps[0][k], dumps[1][k]) for k in dumps[0])
     # The teacher trails the student (an EMA), so the dump holds two different models.
     assert any(not torch.equal(dumps[0][k], dumps[0]["student." + k[len("teacher."):]]) for k in teacher_keys)
+
+
+# ------------------------------------------------------------------------ every rank resumes from one state
+
+def opened_state(argv: list[str], env: DistEnv) -> str:
+    """What the CLI does with `argv`'s --resume state on this rank: resume it, start fresh, or refuse."""
+    settings = parse(argv)
+    # The lr and precision the CLI resolves before it opens the state (they are fingerprinted).
+    train = dataclasses.replace(settings.train, lr=5e-5, precision="fp32")
+    _, saved = open_run_state(settings, train, torch.device("cpu"), env)
+    return "fresh" if saved is None else f"resumes save {saved['serial']}"
+
+
+def held_outputs(argv: list[str], env: DistEnv) -> str:
+    with hold_output_locks(parse(argv), env):
+        return "holds its outputs"
+
+
+def agreement_worker(rank: int, store: str, cases: dict[str, tuple[str, list[list[str]]]], results: str) -> None:
+    """One rank of a two-process gloo group: each case's outcome on this rank, written to rank<R>.json.
+
+    A case gives each rank its own command line, as if each machine saw its own --out_dir.
+    """
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=RANKS)
+    env = DistEnv(rank, RANKS, rank)
+    outcomes = {}
+    try:
+        for name, (action, argvs) in cases.items():
+            try:
+                outcomes[name] = {"open": opened_state, "lock": held_outputs}[action](argvs[rank], env)
+            except (DistributedError, CheckpointError, RunLockError) as err:
+                outcomes[name] = f"{type(err).__name__}: {err}"
+    finally:
+        dist.destroy_process_group()
+    Path(results, f"rank{rank}.json").write_text(json.dumps(outcomes))
+
+
+def spawn_two_ranks(cases: dict, directory: Path) -> list[dict[str, str]]:
+    """Run agreement_worker on two ranks; each rank's outcomes. A hang (a rank left waiting) fails the test."""
+    context = torch.multiprocessing.spawn(agreement_worker, args=(str(directory / "store"), cases, str(directory)),
+                                          nprocs=RANKS, join=False)
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks did not finish: one is waiting for the other")
+    return [json.loads((directory / f"rank{rank}.json").read_text()) for rank in range(RANKS)]
+
+
+def test_every_rank_resumes_the_same_state_or_all_refuse_in_one_line(tiny, tmp_path):
+    def argv(out_dir: Path) -> list[str]:
+        return ["--option", "finetune", "--epochs", "1", "--seed", SEED, "--device", "cpu", "--precision", "fp32",
+                *data_args(tiny), "--skip_predictions", "--resume", "--out_dir", str(out_dir)]
+
+    # A stand-in state: load() checks its format and fingerprint (the CLI's own), the agreement its files.
+    shared = tmp_path / "shared"
+    settings = parse(argv(shared))
+    run_state, _ = open_run_state(settings, dataclasses.replace(settings.train, lr=5e-5, precision="fp32"),
+                                  torch.device("cpu"))
+    run_state.directory.mkdir(parents=True)
+    torch.save({"format": FORMAT, "serial": 1, "weights": "weights-000001.safetensors",
+                "fingerprint": json.dumps(run_state.fingerprint, sort_keys=True), "has_teacher": True,
+                "trainer": {"updates": 2}, "rng": {}}, run_state.state_file)
+    (run_state.directory / "weights-000001.safetensors").write_bytes(b"the weights of save 1")
+    shutil.copytree(shared, tmp_path / "copy")
+    # A copy with the same save number and other weights: another run's, or one that a later save overwrote.
+    shutil.copytree(shared, tmp_path / "other")
+    (tmp_path / "other" / "resume" / "weights-000001.safetensors").write_bytes(b"the weights of another run")
+    shutil.copytree(shared, tmp_path / "truncated")
+    (tmp_path / "truncated" / "resume" / "state.pt").write_bytes(run_state.state_file.read_bytes()[:100])
+    locked = tmp_path / "locked"
+    cases = {
+        "shared": ("open", [argv(shared), argv(shared)]),
+        "copied": ("open", [argv(shared), argv(tmp_path / "copy")]),
+        "neither": ("open", [argv(tmp_path / "none0"), argv(tmp_path / "none1")]),
+        "missing on rank 1": ("open", [argv(shared), argv(tmp_path / "none1")]),
+        "missing on rank 0": ("open", [argv(tmp_path / "none0"), argv(shared)]),
+        "other content": ("open", [argv(shared), argv(tmp_path / "other")]),
+        # A rank that cannot read its copy reports that, after the gather, instead of leaving the others waiting.
+        "unreadable on rank 1": ("open", [argv(shared), argv(tmp_path / "truncated")]),
+        # The same refusal on every rank is the single-process refusal.
+        "other settings": ("open", [[*argv(shared), "--seed", "7"], [*argv(shared), "--seed", "7"]]),
+        "out_dir locked": ("lock", [argv(locked), argv(tmp_path / "free")]),
+    }
+    # This test process holds rank 0's --out_dir, as a first run would.
+    with holding([LockSpec(locked / OUT_DIR_LOCK, f"--out_dir {locked}", "pick another --out_dir")]):
+        rank0, rank1 = spawn_two_ranks(cases, tmp_path)
+    # Never a rank resuming while another starts fresh: the same outcome everywhere (the advice at
+    # the end of a refusal names each rank's own --out_dir, as each machine sees it).
+    assert {case: outcome.split("; every process")[0] for case, outcome in rank0.items()} == \
+        {case: outcome.split("; every process")[0] for case, outcome in rank1.items()}
+    assert rank0["shared"] == rank0["copied"] == "resumes save 1"
+    assert rank0["neither"] == "fresh"
+    save_1 = r"save 1 at update 2 \(content sha256 [0-9a-f]{12}\)"
+    for case, views in [("missing on rank 1", (save_1, "no state")), ("missing on rank 0", ("no state", save_1)),
+                        ("other content", (save_1, save_1))]:
+        message = rank0[case]
+        assert "\n" not in message
+        assert re.fullmatch(rf"DistributedError: --resume: the processes see different resume states "
+                            rf"\(rank 0: {views[0]}; rank 1: {views[1]}\); every process must resume the same one: "
+                            r"put --out_dir on a filesystem all machines share, or copy rank 0's .*", message), message
+    assert re.fullmatch(rf"DistributedError: --resume: the processes see different resume states \(rank 0: {save_1}; "
+                        rf"rank 1: error: .*truncated/resume/state.pt: cannot read the resume state.*\); every .*",
+                        rank0["unreadable on rank 1"]), rank0["unreadable on rank 1"]
+    assert rank0["other settings"].startswith(f"CheckpointError: {shared / 'resume' / 'state.pt'}: refusing to "
+                                              "resume: the saved run had different settings (--seed: saved 1234, now 7")
+    assert rank0["out_dir locked"].startswith(f"RunLockError: --out_dir {locked} is in use by another run "
+                                              f"(pid {os.getpid()} ")
+    assert not (tmp_path / "free").exists()
