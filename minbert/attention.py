@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minbert.config import BertConfig
+from minbert.dropout import dropout as masked_dropout
 from minbert.linear import Linear
 from minbert.packing import Packing
 
@@ -59,7 +60,7 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_
     # In the scores' dtype: an fp32 mask would promote bf16 scores (under autocast) to fp32.
     scores = scores + additive_mask.to(scores.dtype)
     probs = torch.softmax(scores, dim=-1)
-    probs = F.dropout(probs, p=dropout, training=dropout > 0)
+    probs = masked_dropout(probs, dropout, training=dropout > 0)
     return probs @ v
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from minbert.attention import BertSelfAttention
 from minbert.config import BertConfig
+from minbert.dropout import Dropout
 from minbert.linear import Linear
 from minbert.packing import Packing
 
@@ -30,7 +31,7 @@ class AddNorm(nn.Module):
         super().__init__()
         self.dense = Linear(in_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(residual + self.dropout(self.dense(x)))

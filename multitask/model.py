@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minbert import BertModel
+from minbert.dropout import Dropout
 from minbert.flags import flag, integer, probability
 from multitask.tasks import COURSE_TASKS, TASKS
 
@@ -58,7 +59,7 @@ class MultitaskBert(nn.Module):
         self.pair_encoding = pair_encoding
         # Read by evaluation (multitask.evaluate): predict a pair as the mean over both sentence orders.
         self.symmetric_pairs = symmetric_pairs
-        self.dropout = nn.Dropout(head_dropout)
+        self.dropout = Dropout(head_dropout)
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict()
         for task in self.tasks:
