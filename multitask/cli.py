@@ -15,6 +15,7 @@ from minbert import BertModel, CheckpointError, load_tokenizer
 from minbert.config import BertConfig
 from minbert.flags import FlagError
 from minbert.memory import release_free_memory
+from minbert.hub import is_hub_id
 from minbert.paths import resolve_checkpoint_dir
 from minbert.precision import resolve_precision
 from multitask.batching import encode_task
@@ -72,9 +73,11 @@ def check_settings(settings: Settings) -> None:
             path = settings.data_file(task, split)
             if not path.is_file():
                 raise FlagError(f"--{task}_{split}: {path} is not a file; expected the course's {task} {split} file")
-    if model.pretrained is not None and not model.pretrained.is_dir():
+    # A Hub id is fetched (or found in the cache) by the model load, which names what went wrong.
+    if model.pretrained is not None and not model.pretrained.is_dir() and not is_hub_id(model.pretrained):
         raise FlagError(f"--pretrained: {model.pretrained} is not a directory; expected a Hugging Face style "
-                        "BERT directory (config.json, model.safetensors, vocab.txt)")
+                        "BERT directory (config.json, model.safetensors, vocab.txt) or a Hub model id such as "
+                        "bert-base-uncased")
     if run.out_dir.exists() and not run.out_dir.is_dir():
         raise FlagError(f"--out_dir: {run.out_dir} exists and is not a directory")
     # (--predict_only takes the checkpoint's own --max_length.)
@@ -82,6 +85,19 @@ def check_settings(settings: Settings) -> None:
     if positions is not None and model.max_length > positions:
         raise FlagError(f"--max_length: expected an integer from {MIN_LENGTH} to {positions} (the model's "
                         f"max_position_embeddings), got {model.max_length}")
+
+
+def local_checkpoint(pretrained: Path | None) -> Path | None:
+    """--pretrained as a local directory: a Hub id becomes its snapshot in the Hugging Face cache.
+
+    Resolved once per run, so the tokenizer, the encoder and every saved checkpoint read the same
+    snapshot, and no later step of the run needs the network.
+    """
+    if pretrained is None or not is_hub_id(pretrained):
+        return pretrained
+    directory = resolve_checkpoint_dir(pretrained)
+    log.info("--pretrained %s: the Hugging Face Hub snapshot in %s", pretrained, directory)
+    return directory
 
 
 def max_positions(pretrained: Path | None) -> int | None:
@@ -108,6 +124,7 @@ def train_and_predict(settings: Settings) -> None:
         return
 
     train = resolved_train_settings(settings, device, env.world_size)
+    model_settings = dataclasses.replace(model_settings, pretrained=local_checkpoint(model_settings.pretrained))
     tokenizer = load_tokenizer(model_settings.pretrained)
     started = time.perf_counter()
     train_sets, dev_sets = {}, {}
