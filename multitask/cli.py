@@ -17,7 +17,7 @@ from minbert.flags import FlagError
 from minbert.memory import release_free_memory
 from minbert.hub import is_hub_id
 from minbert.paths import resolve_checkpoint_dir
-from minbert.precision import resolve_precision
+from minbert.precision import allow_tf32, precision_choice, resolve_precision
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.data import DataError
@@ -116,6 +116,8 @@ def train_and_predict(settings: Settings) -> None:
     run, model_settings = settings.run, settings.model
     tasks = run.tasks
     env, device = start(run.device, run.use_gpu)
+    # Ampere and later: fp32 work (fp32 runs, and what autocast keeps in fp32) in TF32.
+    allow_tf32(device)
     # The same seed on every rank: identical data, epoch plan and model initialisation.
     seed_everything(settings.train.seed)
     if run.predict_only:
@@ -301,8 +303,8 @@ def banner(settings: Settings, train: TrainSettings, trainer, device: torch.devi
             else "training the heads on a frozen encoder (--option pretrain)")
     averaged = "the weight average" if run.average_weights else "the trained weights (--no_ema)"
     return [f"run: {mode}; encoder {encoder}; tasks {','.join(run.tasks)}",
-            f"precision: {train.precision}{' autocast (weights and optimiser state fp32)' if train.precision == 'bf16' else ''}"
-            f" on {device.type}",
+            f"precision: {train.precision} on {device.type} ({precision_choice(settings.train.precision, device)[1]})"
+            f"{'; weights and optimiser state fp32' if train.precision != 'fp32' else ''}",
             f"regularisers: {describe(settings.regularizers, run.tasks)}",
             f"scored and kept each epoch: {averaged}",
             f"plan: {train.epochs} epoch(s) of {trainer.steps_per_epoch} steps, {trainer.total_updates} updates, "

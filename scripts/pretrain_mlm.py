@@ -30,7 +30,7 @@ from minbert.flags import (DefaultsHelpFormatter, OneLineErrorParser, add_flags,
                            number, seed)
 from minbert.masking import MaskingVocab  # noqa: E402
 from minbert.paths import resolve_checkpoint_dir  # noqa: E402
-from minbert.precision import resolve_precision  # noqa: E402
+from minbert.precision import allow_tf32, precision_choice  # noqa: E402
 from minbert.mlm import BertForMaskedLM  # noqa: E402
 from minbert.mlm_training import MLMSettings, MLMTrainer, MLMTrainingAborted  # noqa: E402
 from minbert.progress import DEFAULT_INTERVAL  # noqa: E402
@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     started = time.perf_counter()
     device = pick_device(args.device)
     settings = from_flags(MLMSettings, args)
-    settings.precision = resolve_precision(settings.precision, device)
-    log.info("precision: %s", settings.precision)
+    settings.precision, why = precision_choice(settings.precision, device)
+    allow_tf32(device)
+    log.info("precision: %s (%s)", settings.precision, why)
     seed_everything(settings.seed)
     # A Hub id is resolved once: the tokenizer, the model and the saved copy read the same snapshot.
     source = None if args.pretrained is None else resolve_checkpoint_dir(args.pretrained)
