@@ -24,6 +24,7 @@ from multitask.data import DataError
 from multitask.distributed import (DistributedError, dump_final_state, global_batch_size, make_trainer,
                                    reseed_ranks_after_resume, start, stop)
 from multitask.evaluate import overall, predict
+from multitask.mask_check import check_dropout_replay, shares_dropout_masks
 from multitask.model import MIN_LENGTH, MultitaskBert
 from multitask.predictions import PredictionFile, write_predictions
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
@@ -152,6 +153,9 @@ def train_and_predict(settings: Settings) -> None:
     # One weight average for the run: what is scored and kept, and SMART's Bregman target.
     average = weight_average(model, settings)
     regularizers = Regularizers(settings.regularizers, average) if settings.regularizers.any else None
+    if shares_dropout_masks(settings.regularizers):
+        # On the device and precision the run trains with, before any update: cheap, and leaves the RNG as it was.
+        check_dropout_replay(model, device, train.precision)
     record_settings = {**{k: str(v) if isinstance(v, Path) else v for k, v in settings.flags.items()},
                        **dataclasses.asdict(train), "world_size": env.world_size}
     checkpoint = run.best_dir
