@@ -263,6 +263,33 @@ def test_fp16_skips_an_update_whose_gradients_overflow_counts_it_and_trains_on(t
     assert json.loads(line)["scaler_skipped_steps"] == skipped
 
 
+def test_fp16_clips_the_true_gradients_and_applies_them_as_clipped(tmp_path, monkeypatch):
+    trainer = fp16_trainer(tmp_path)
+    updates: list[dict] = []  # per update: the norm clipping left, and the squared norm the optimiser applied
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(params, max_norm, *args, **kwargs):
+        norm = clip(params, max_norm, *args, **kwargs)
+        updates.append({"clipped": min(float(norm), max_norm), "applied": 0.0, "ran": False})
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    update_group = trainer.optimizer._update_group
+
+    def recording_update_group(group):
+        updates[-1]["ran"] = True
+        updates[-1]["applied"] += sum(float(p.grad.square().sum()) for p in group["params"] if p.grad is not None)
+        return update_group(group)
+
+    monkeypatch.setattr(trainer.optimizer, "_update_group", recording_update_group)
+    trainer.train()
+    applied = [u for u in updates if u["ran"]]
+    assert len(updates) == trainer.updates and len(applied) == trainer.updates - trainer.scaler_skips > 0
+    # Clipping saw the unscaled gradients, so the optimiser applies exactly what it left; clipping
+    # the scaled ones would leave the applied gradients 1/scale as large.
+    assert [u["applied"] ** 0.5 for u in applied] == pytest.approx([u["clipped"] for u in applied], rel=1e-3)
+
+
 def test_fp32_and_bf16_runs_have_no_scaler_and_no_scaler_metrics(tmp_path):
     for name in ("fp32", "bf16"):
         trainer = fp16_trainer(tmp_path / name, precision_name=name)
