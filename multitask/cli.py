@@ -14,8 +14,8 @@ import torch
 from minbert import BertModel, CheckpointError, load_tokenizer
 from minbert.config import BertConfig
 from minbert.flags import FlagError
-from minbert.memory import release_free_memory
 from minbert.hub import is_hub_id
+from minbert.memory import release_free_memory
 from minbert.paths import resolve_checkpoint_dir
 from minbert.precision import allow_tf32, precision_choice, resolve_precision
 from multitask.batching import encode_task
