@@ -19,7 +19,7 @@ from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter
 from minbert.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
 from minbert.mlm import BertForMaskedLM
 from minbert.optimizer import AdamW, warmup_linear_decay
-from minbert.precision import PRECISION_HELP, PRECISIONS, autocast
+from minbert.precision import PRECISION_HELP, PRECISIONS, autocast, grad_scaler
 from minbert.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,9 @@ class MLMTrainer:
         self.optimizer = AdamW(parameter_groups(model, settings.lr, settings.weight_decay), lr=settings.lr)
         self.scheduler = warmup_linear_decay(self.optimizer, int(settings.warmup_ratio * self.total), self.total)
         self.generator = torch.Generator().manual_seed(settings.seed)
+        # fp16 only (None otherwise): loss scaling, and updates with overflowed gradients skipped.
+        self.scaler = grad_scaler(self.device, settings.precision)
+        self.scaler_skips = 0
         self.step = 0
         self.guard = NonFiniteGuard(settings.max_bad_steps, MLMTrainingAborted, logger=log)
 
@@ -154,7 +157,8 @@ class MLMTrainer:
             entry = {"step": self.step, "epoch": round(self.step * self.settings.batch_size / len(self.train_rows), 3),
                      "lr": self.optimizer.param_groups[0]["lr"],
                      "train_loss": sum(losses) / len(losses) if losses else None,
-                     **self.evaluate(), "train_seconds": round(train_seconds, 1), "skipped_steps": self.bad_steps}
+                     **self.evaluate(), "train_seconds": round(train_seconds, 1), "skipped_steps": self.bad_steps,
+                     **({} if self.scaler is None else {"scaler_skipped_steps": self.scaler_skips})}
             losses.clear()
             history.append(entry)
             if metrics is not None:
@@ -199,13 +203,32 @@ class MLMTrainer:
         if not torch.isfinite(loss):
             self.guard.skip("step", {"loss": loss})
             return None
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+            self.optimizer.step()
+        else:
+            self.scaled_update(loss)
+        # Also after an update the scaler skipped, as in torch's AMP recipe: the schedule follows the plan.
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return loss.item()
+
+
+    def scaled_update(self, loss: torch.Tensor) -> None:
+        """fp16: backward on the scaled loss, clip the unscaled gradients, step unless they overflowed."""
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        # The scaler lowers its scale exactly when it skipped the step.
+        if self.scaler.get_scale() < scale:
+            self.scaler_skips += 1
+            log.info("fp16: update %d skipped, its gradients overflowed; loss scale %g -> %g (%d skipped so far)",
+                     self.step + 1, scale, self.scaler.get_scale(), self.scaler_skips)
 
 
 def format_record(entry: dict) -> str:

@@ -95,7 +95,7 @@ class BertModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, **config_overrides) -> "BertModel":
-        """Load a Hugging Face style directory (None: the packaged all-MiniLM-L6-v2).
+        """Load a Hugging Face style directory or Hub model id (None: the packaged all-MiniLM-L6-v2).
 
         `config_overrides` change settings that do not affect the weights' shapes, e.g.
         `hidden_dropout_prob=0.2` or `attn_implementation="eager"`.

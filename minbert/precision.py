@@ -1,4 +1,4 @@
-"""Compute precision: fp32, or bf16 autocast where the hardware runs bf16 matmuls natively."""
+"""Compute precision: bf16 autocast where it is native, fp16 with loss scaling on older GPUs, else fp32."""
 
 from __future__ import annotations
 
@@ -7,10 +7,21 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+# What "auto" becomes; a training loop accepts only these.
+RESOLVED_PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 # The --precision help of every script that trains.
-PRECISION_HELP = ("auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), fp32 elsewhere; "
-                  "weights and optimiser state stay fp32 either way")
+PRECISION_HELP = ("auto: bf16 autocast on GPUs of compute capability ≥ 8.0 (A100, H100, RTX 30xx/40xx) and on "
+                  "CPUs with native bf16 (AVX512-BF16/AMX); fp16 autocast with gradient scaling on capability 7.x "
+                  "(V100, T4); fp32 elsewhere. On capability ≥ 8.0 fp32 matmuls use TF32. Weights and optimiser "
+                  "state stay fp32 in every case")
+# How the banner names each precision.
+PRECISION_NAMES = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with gradient scaling", "fp32": "fp32"}
+# Ampere (8.0) introduced bf16 tensor cores (and TF32); Volta (7.0) fp16 ones. Below 8.0 torch
+# still runs bf16, emulated: torch.cuda.is_bf16_supported() says True there unless asked
+# including_emulation=False, so it cannot decide "auto".
+NATIVE_BF16_CAPABILITY = (8, 0)
+FP16_TENSOR_CORE_CAPABILITY = (7, 0)
 # CPU flags of native bf16 dot products (AVX512-BF16, AMX). Without them torch emulates bf16
 # matmuls and they run slower than fp32.
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -47,31 +58,101 @@ def native_bf16_label(flags: frozenset[str]) -> str:
     return ", ".join(names) if names else "no native bf16"
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """`auto` → "bf16" on CUDA devices and CPUs that run bf16 natively, "fp32" elsewhere.
+def choose_precision(requested: str, device_type: str, capability: tuple[int, int] | None = None,
+                     cpu_native_bf16: bool = False) -> tuple[str, str]:
+    """(precision, why) for `--precision requested` on a device: the whole policy, free of hardware reads.
 
-    An explicit "bf16" is honoured even where it is emulated (slow, but a user may want to check
-    numerics); "fp32" is always honoured.
+    `capability` is a CUDA device's compute capability (None elsewhere); `cpu_native_bf16` says
+    whether a CPU has AVX512-BF16 or AMX-BF16. `auto` takes bf16 where it runs natively (CUDA
+    8.0 and later, such CPUs), fp16 with gradient scaling on CUDA 7.x (fp16 tensor cores, no bf16
+    ones), else fp32. An explicit request is honoured even where it is not native (slow, but a
+    user may want to check numerics); the reason then says so.
     """
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return "fp32"
+    if device_type == "cuda":
+        if capability is None:
+            raise ValueError("a CUDA device's compute capability is needed to choose its precision")
+        name = f"compute capability {capability[0]}.{capability[1]}"
+        native = {"bf16": capability >= NATIVE_BF16_CAPABILITY, "fp16": capability >= FP16_TENSOR_CORE_CAPABILITY}
+        bf16_from = f"{NATIVE_BF16_CAPABILITY[0]}.{NATIVE_BF16_CAPABILITY[1]}"
+        has = {"bf16": f"{name} has bf16 tensor cores",
+               "fp16": f"{name} has fp16 tensor cores but no bf16 ones, which need {bf16_from}",
+               "fp32": f"{name} has no bf16 or fp16 tensor cores"}
+    elif device_type == "cpu":
+        name = "the CPU"
+        native = {"bf16": cpu_native_bf16, "fp16": False}
+        has = {"bf16": "the CPU has native bf16 (AVX512-BF16/AMX)",
+               "fp32": "the CPU has no native bf16 (AVX512-BF16/AMX)"}
+    else:
+        name = f"device {device_type}"
+        native = {"bf16": False, "fp16": False}
+        has = {"fp32": f"half precision is only chosen on CUDA devices and CPUs, not on {device_type}"}
+    best = "bf16" if native["bf16"] else "fp16" if native["fp16"] else "fp32"
+    tf32 = "; fp32 matmuls in TF32" if tf32_applies(device_type, capability) else ""
+    if requested == "auto":
+        return best, f"auto: {PRECISION_NAMES[best]}, as {has[best]}{tf32}"
+    if requested == "fp32" or native[requested]:
+        return requested, f"--precision {requested} as requested, on {name}{tf32}"
+    return requested, (f"--precision {requested} as requested, though {name} does not run it natively "
+                       f"(may be slower than fp32){tf32}")
+
+
+def tf32_applies(device_type: str, capability: tuple[int, int] | None) -> bool:
+    """Whether fp32 matmuls may run in TF32: CUDA devices of compute capability 8.0 and later."""
+    return device_type == "cuda" and capability is not None and capability >= NATIVE_BF16_CAPABILITY
+
+
+def device_capability(device: torch.device) -> tuple[int, int] | None:
+    """A CUDA device's compute capability; None for other devices."""
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+
+
+def precision_choice(requested: str, device: torch.device) -> tuple[str, str]:
+    """`choose_precision` for this machine's `device`: (precision, why)."""
+    return choose_precision(requested, device.type, device_capability(device),
+                            device.type == "cpu" and cpu_has_native_bf16())
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision `--precision requested` runs in on `device` (see `choose_precision`)."""
+    return precision_choice(requested, device)[0]
+
+
+def allow_tf32(device: torch.device) -> bool:
+    """Let fp32 matmuls and convolutions use TF32 on CUDA 8.0 and later (torch's default is full fp32).
+
+    TF32 keeps fp32's range with a 10-bit mantissa, the precision bf16 autocast already accepts
+    for the matmuls. Returns whether it was switched on.
+    """
+    if not tf32_applies(device.type, device_capability(device)):
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The forward-pass context of a precision: bf16 autocast, or nothing for fp32.
+    """The forward-pass context of a precision: bf16 or fp16 autocast, or nothing for fp32.
 
-    Autocast runs matmuls and attention in bf16 while parameters, their gradients and optimiser
-    state stay fp32 (the "master weights"); callers cast outputs to fp32 before losses.
+    Autocast runs matmuls and attention in half precision while parameters, their gradients and
+    optimiser state stay fp32 (the "master weights"); callers cast outputs to fp32 before losses.
+    fp16 training also needs a gradient scaler (`grad_scaler`).
     """
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
     if precision == "fp32":
         return contextlib.nullcontext()
-    raise ValueError(f"precision must be resolved to fp32 or bf16 first, got {precision!r}")
+    raise ValueError(f"precision must be resolved to one of {', '.join(RESOLVED_PRECISIONS)} first, got {precision!r}")
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """The loss scaler fp16 training needs, None for fp32 and bf16.
+
+    fp16 has 5 exponent bits: without scaling, small gradients flush to zero in the backward
+    pass. The scaler multiplies the loss, unscales the gradients before the update and skips an
+    update whose gradients overflowed, lowering the scale (bf16 has fp32's range: no scaler).
+    """
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None

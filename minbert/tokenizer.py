@@ -118,7 +118,7 @@ def _read_vocab(vocab_file: Path) -> dict[str, int]:
 
 
 def load_tokenizer(path: str | Path | None = None) -> BertTokenizer:
-    """Tokenizer for the checkpoint directory `path` (None: the packaged all-MiniLM-L6-v2)."""
+    """Tokenizer for the checkpoint directory or Hub model id `path` (None: the packaged all-MiniLM-L6-v2)."""
     directory = resolve_checkpoint_dir(path)
     settings: dict = {}
     config_file = directory / "tokenizer_config.json"

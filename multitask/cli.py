@@ -14,15 +14,17 @@ import torch
 from minbert import BertModel, CheckpointError, load_tokenizer
 from minbert.config import BertConfig
 from minbert.flags import FlagError
+from minbert.hub import is_hub_id
 from minbert.memory import release_free_memory
 from minbert.paths import resolve_checkpoint_dir
-from minbert.precision import resolve_precision
+from minbert.precision import allow_tf32, precision_choice, resolve_precision
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.data import DataError
 from multitask.distributed import (DistEnv, DistributedError, dump_final_state, global_batch_size, load_agreed_state,
                                    make_trainer, reseed_ranks_after_resume, start, stop)
 from multitask.evaluate import overall, predict
+from multitask.mask_check import check_dropout_replay, shares_dropout_masks
 from multitask.model import MIN_LENGTH, MultitaskBert
 from multitask.predictions import PredictionFile, write_predictions
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
@@ -76,9 +78,11 @@ def check_settings(settings: Settings) -> None:
             path = settings.data_file(task, split)
             if not path.is_file():
                 raise FlagError(f"--{task}_{split}: {path} is not a file; expected the course's {task} {split} file")
-    if model.pretrained is not None and not model.pretrained.is_dir():
+    # A Hub id is fetched (or found in the cache) by the model load, which names what went wrong.
+    if model.pretrained is not None and not model.pretrained.is_dir() and not is_hub_id(model.pretrained):
         raise FlagError(f"--pretrained: {model.pretrained} is not a directory; expected a Hugging Face style "
-                        "BERT directory (config.json, model.safetensors, vocab.txt)")
+                        "BERT directory (config.json, model.safetensors, vocab.txt) or a Hub model id such as "
+                        "bert-base-uncased")
     if run.out_dir.exists() and not run.out_dir.is_dir():
         raise FlagError(f"--out_dir: {run.out_dir} exists and is not a directory")
     # (--predict_only takes the checkpoint's own --max_length.)
@@ -86,6 +90,19 @@ def check_settings(settings: Settings) -> None:
     if positions is not None and model.max_length > positions:
         raise FlagError(f"--max_length: expected an integer from {MIN_LENGTH} to {positions} (the model's "
                         f"max_position_embeddings), got {model.max_length}")
+
+
+def local_checkpoint(pretrained: Path | None) -> Path | None:
+    """--pretrained as a local directory: a Hub id becomes its snapshot in the Hugging Face cache.
+
+    Resolved once per run, so the tokenizer, the encoder and every saved checkpoint read the same
+    snapshot, and no later step of the run needs the network.
+    """
+    if pretrained is None or not is_hub_id(pretrained):
+        return pretrained
+    directory = resolve_checkpoint_dir(pretrained)
+    log.info("--pretrained %s: the Hugging Face Hub snapshot in %s", pretrained, directory)
+    return directory
 
 
 def max_positions(pretrained: Path | None) -> int | None:
@@ -103,6 +120,8 @@ def train_and_predict(settings: Settings, env: DistEnv, device: torch.device) ->
     """Train as the settings say (or only predict), keep the best checkpoint, write the prediction files."""
     run, model_settings = settings.run, settings.model
     tasks = run.tasks
+    # Ampere and later: fp32 work (fp32 runs, and what autocast keeps in fp32) in TF32.
+    allow_tf32(device)
     # The same seed on every rank: identical data, epoch plan and model initialisation.
     seed_everything(settings.train.seed)
     if run.predict_only:
@@ -111,6 +130,7 @@ def train_and_predict(settings: Settings, env: DistEnv, device: torch.device) ->
         return
 
     train = resolved_train_settings(settings, device, env.world_size)
+    model_settings = dataclasses.replace(model_settings, pretrained=local_checkpoint(model_settings.pretrained))
     tokenizer = load_tokenizer(model_settings.pretrained)
     started = time.perf_counter()
     train_sets, dev_sets = {}, {}
@@ -136,6 +156,9 @@ def train_and_predict(settings: Settings, env: DistEnv, device: torch.device) ->
     # One weight average for the run: what is scored and kept, and SMART's Bregman target.
     average = weight_average(model, settings)
     regularizers = Regularizers(settings.regularizers, average) if settings.regularizers.any else None
+    if shares_dropout_masks(settings.regularizers):
+        # On the device and precision the run trains with, before any update: cheap, and leaves the RNG as it was.
+        check_dropout_replay(model, device, train.precision)
     record_settings = {**{k: str(v) if isinstance(v, Path) else v for k, v in settings.flags.items()},
                        **dataclasses.asdict(train), "world_size": env.world_size}
     checkpoint = run.best_dir
@@ -297,8 +320,8 @@ def banner(settings: Settings, train: TrainSettings, trainer, device: torch.devi
             else "training the heads on a frozen encoder (--option pretrain)")
     averaged = "the weight average" if run.average_weights else "the trained weights (--no_ema)"
     return [f"run: {mode}; encoder {encoder}; tasks {','.join(run.tasks)}",
-            f"precision: {train.precision}{' autocast (weights and optimiser state fp32)' if train.precision == 'bf16' else ''}"
-            f" on {device.type}",
+            f"precision: {train.precision} on {device.type} ({precision_choice(settings.train.precision, device)[1]})"
+            f"{'; weights and optimiser state fp32' if train.precision != 'fp32' else ''}",
             f"regularisers: {describe(settings.regularizers, run.tasks)}",
             f"scored and kept each epoch: {averaged}",
             f"plan: {train.epochs} epoch(s) of {trainer.steps_per_epoch} steps, {trainer.total_updates} updates, "

@@ -24,8 +24,10 @@ MIN_LENGTH = 8
 class ModelSettings:
     """The encoder to start from and how the heads read it; each default here is the command line's."""
 
-    pretrained: Path | None = flag(None, "Hugging Face style BERT directory (default: the packaged all-MiniLM-L6-v2)",
-                                   type=Path)
+    pretrained: Path | None = flag(None, "Hugging Face style BERT directory, or a Hugging Face Hub model id such as "
+                                         "bert-base-uncased (downloaded once into the Hugging Face cache; "
+                                         "HF_HUB_OFFLINE=1 uses the cache only) (default: the packaged "
+                                         "all-MiniLM-L6-v2)", type=Path)
     hidden_dropout_prob: float = flag(0.1, "dropout in the encoder and before each head", type=probability)
     max_length: int = flag(128, "tokens per (joint) input, longer ones truncated", type=integer(MIN_LENGTH))
     pooling: str = flag("mean", "sentence vector: mean of the last layer over real tokens, or the [CLS] pooler "

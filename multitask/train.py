@@ -33,7 +33,7 @@ from minbert.flags import seed as seed_type
 from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups
 from minbert.memory import release_free_memory
 from minbert.optimizer import AdamW, warmup_linear_decay
-from minbert.precision import PRECISION_HELP, PRECISIONS, autocast
+from minbert.precision import PRECISION_HELP, PRECISIONS, RESOLVED_PRECISIONS, autocast, grad_scaler
 from minbert.progress import DEFAULT_INTERVAL, ProgressReporter, format_duration, format_loss
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
@@ -129,6 +129,7 @@ class EpochProgress:
     examples: int = 0
     seconds: float = 0.0
     bad_steps_before: int = 0
+    scaler_skips_before: int = 0
 
 
 class StepLoss(nn.Module):
@@ -201,7 +202,7 @@ class Trainer:
         each epoch, at a point where the run can be continued exactly from `state_dict()`.
         `progress_interval`: the least number of seconds between two progress lines, which replace
         the bar when it is not drawn (output to a log file, CI)."""
-        if settings.lr is None or settings.precision not in ("fp32", "bf16"):
+        if settings.lr is None or settings.precision not in RESOLVED_PRECISIONS:
             raise ValueError(f"resolve lr ({settings.lr}) and precision ({settings.precision!r}) before training: "
                              "multitask.cli.resolved_train_settings does")
         self.model = model.to(device)
@@ -223,6 +224,9 @@ class Trainer:
         self.optimizer = build_optimizer(model, settings.lr, settings.weight_decay, settings.head_lr)
         self.scheduler = warmup_linear_decay(self.optimizer, int(settings.warmup_ratio * self.total_updates),
                                              self.total_updates)
+        # fp16 only: scales the loss so small gradients survive, skips updates whose gradients overflowed.
+        self.scaler = grad_scaler(device, settings.precision)
+        self.scaler_skips = 0
         self.updates = 0
         self.guard = NonFiniteGuard(settings.max_bad_steps, TrainingAborted, "--max_bad_steps", log)
         self.best_mean = -math.inf
@@ -274,10 +278,14 @@ class Trainer:
 
         Model weights, the weight average and RNG states are not here; `multitask.resume` saves those.
         """
-        return {"updates": self.updates, "bad_steps": self.bad_steps, "best_mean": self.best_mean,
-                "history": [dataclasses.asdict(r) for r in self.history],
-                "progress": None if self.progress is None else dataclasses.asdict(self.progress),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {"updates": self.updates, "bad_steps": self.bad_steps, "best_mean": self.best_mean,
+                 "history": [dataclasses.asdict(r) for r in self.history],
+                 "progress": None if self.progress is None else dataclasses.asdict(self.progress),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.scaler is not None:
+            # The scale the run has settled on and its growth counter: a resumed run goes on from them.
+            state.update(scaler=self.scaler.state_dict(), scaler_skips=self.scaler_skips)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.updates, self.bad_steps, self.best_mean = state["updates"], state["bad_steps"], state["best_mean"]
@@ -285,6 +293,9 @@ class Trainer:
         self.progress = None if state["progress"] is None else EpochProgress(**state["progress"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+            self.scaler_skips = state["scaler_skips"]
 
     def epoch_plan(self, epoch: int) -> list[tuple[str, list[int], list[bool]]]:
         """(task, batch indices, swap flags) for every step of an epoch; tasks that run dry start a new pass.
@@ -317,7 +328,7 @@ class Trainer:
         if self.progress is None or self.progress.epoch != epoch:
             self.progress = EpochProgress(epoch, sums={name: 0.0 for name in self.train_sets},
                                           counts={name: 0 for name in self.train_sets},
-                                          bad_steps_before=self.bad_steps)
+                                          bad_steps_before=self.bad_steps, scaler_skips_before=self.scaler_skips)
         progress = self.progress
         start = time.perf_counter() - progress.seconds
         drawn = show_progress()
@@ -340,7 +351,7 @@ class Trainer:
             if not torch.isfinite(reported_loss):
                 self.skip_step(task, reported)
                 continue
-            (loss / self.settings.grad_accum).backward()
+            self.backward(loss / self.settings.grad_accum)
             values = {(task if name == "task" else f"{task}_{name}"): value.item()
                       for name, value in reported.items()}
             for key, value in values.items():
@@ -369,7 +380,9 @@ class Trainer:
         return EpochRecord(epoch + 1, dev_scores, overall(dev_scores),
                            {k: sums[k] / counts[k] for k in sums if counts.get(k)}, round(progress.seconds, 1),
                            progress.examples, self.bad_steps - progress.bad_steps_before,
-                           {"lr": self.scheduler.get_last_lr()[0]})
+                           {"lr": self.scheduler.get_last_lr()[0],
+                            **({} if self.scaler is None
+                               else {"scaler_skipped_steps": self.scaler_skips - progress.scaler_skips_before})})
 
     def log_estimate(self, epoch: int, steps_left_in_epoch: int, seconds_per_step: float) -> None:
         """Once per process: how long the rest of the training loop should take at the pace so far."""
@@ -396,10 +409,21 @@ class Trainer:
         with autocast(self.device, self.settings.precision):
             return self.loss_terms(task, batch)
 
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
     def update(self) -> None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.scaler is not None:
+            # Clip the true gradients, not the scaled ones.
+            self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(params, self.settings.max_grad_norm)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaled_step()
+        # Also after an update the scaler skipped (as in torch's AMP recipe): the schedule, the
+        # update count and the weight average follow the plan of updates, not the updates applied.
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
@@ -407,6 +431,20 @@ class Trainer:
             self.average.update(self.updates - 1, self.total_updates)
         if self.updates % RELEASE_MEMORY_EVERY == 0:
             release_free_memory()
+
+    def scaled_step(self) -> None:
+        """fp16: the optimiser step through the scaler, which skips it when a gradient is inf or NaN.
+
+        The scaler lowers its scale after every such skip and only then, so a lower scale is how
+        a skip shows. Skips are expected while the scale settles at the start, rare afterwards.
+        """
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.get_scale() < scale:
+            self.scaler_skips += 1
+            log.info("fp16: update %d skipped, its gradients overflowed; loss scale %g -> %g (%d skipped so far)",
+                     self.updates + 1, scale, self.scaler.get_scale(), self.scaler_skips)
 
     def skip_step(self, task: str, terms: dict[str, torch.Tensor]) -> None:
         """Drop a step whose loss is not finite, so it never reaches the weights; give up after too many.

@@ -29,7 +29,8 @@ from minbert.corpus import dedupe, split_held_out, tokenise_and_pack  # noqa: E4
 from minbert.flags import (DefaultsHelpFormatter, OneLineErrorParser, add_flags, from_flags, integer,  # noqa: E402
                            number, seed)
 from minbert.masking import MaskingVocab  # noqa: E402
-from minbert.precision import resolve_precision  # noqa: E402
+from minbert.paths import resolve_checkpoint_dir  # noqa: E402
+from minbert.precision import allow_tf32, precision_choice  # noqa: E402
 from minbert.mlm import BertForMaskedLM  # noqa: E402
 from minbert.mlm_training import MLMSettings, MLMTrainer, MLMTrainingAborted  # noqa: E402
 from minbert.progress import DEFAULT_INTERVAL  # noqa: E402
@@ -51,7 +52,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter)
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pretrained", type=Path, default=None,
-                   help="Hugging Face style BERT directory to start from (default: the packaged all-MiniLM-L6-v2)")
+                   help="Hugging Face style BERT directory, or Hub model id such as bert-base-uncased (downloaded "
+                        "once into the Hugging Face cache), to start from (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--out_dir", type=Path, default=Path("runs/mlm"), help="where the adapted model goes")
     p.add_argument("--data_dir", type=Path, default=DATA, help="directory of the course CSV files")
     p.add_argument("--corpus", type=Path, action="append", default=[],
@@ -86,10 +88,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     started = time.perf_counter()
     device = pick_device(args.device)
     settings = from_flags(MLMSettings, args)
-    settings.precision = resolve_precision(settings.precision, device)
-    log.info("precision: %s", settings.precision)
+    settings.precision, why = precision_choice(settings.precision, device)
+    allow_tf32(device)
+    log.info("precision: %s (%s)", settings.precision, why)
     seed_everything(settings.seed)
-    tokenizer = load_tokenizer(args.pretrained)
+    # A Hub id is resolved once: the tokenizer, the model and the saved copy read the same snapshot.
+    source = None if args.pretrained is None else resolve_checkpoint_dir(args.pretrained)
+    tokenizer = load_tokenizer(source)
     texts = pretraining_texts(args.data_dir, args.corpus)
     documents = dedupe(texts)
     train_docs, held_docs = split_held_out(documents, args.held_out, args.split_seed)
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     # Packed rows have padding only in the very last row, so skipping pad positions saves
     # nothing measurable here; it is on so that last row costs no more than its real tokens.
-    model = BertForMaskedLM.from_pretrained(args.pretrained, unpad_inputs=True)
+    model = BertForMaskedLM.from_pretrained(source, unpad_inputs=True)
     if args.max_length > model.config.max_position_embeddings:
         raise ValueError(f"--max_length {args.max_length} exceeds the model's "
                          f"{model.config.max_position_embeddings} positions")
@@ -122,7 +127,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     history = trainer.train(metrics, progress=(lambda total: tqdm(total=total, desc="mlm")) if drawn else None,
                             report=report, progress_lines=None if drawn else DEFAULT_INTERVAL)
     with replaced_directory(args.out_dir) as staging:
-        model.save_pretrained(staging, tokenizer_from=args.pretrained)
+        model.save_pretrained(staging, tokenizer_from=source)
         os.replace(metrics, staging / METRICS_FILE)
         run_record = {"settings": {**vars(args), "precision": settings.precision},
                       "total_steps": trainer.total, "head_from_checkpoint": model.head_from_checkpoint,

@@ -1,19 +1,26 @@
-"""bf16 autocast: chosen only where the hardware has it, fp32 master weights, outputs within bf16 tolerance."""
+"""Precision: bf16 or fp16 chosen by what the hardware runs natively, fp32 master weights, fp16 loss scaling."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import types
 
 import pytest
 import torch
 
 from minbert import BertModel, load_tokenizer, precision
-from minbert.precision import autocast, resolve_precision
+from minbert.precision import autocast, choose_precision, precision_choice, resolve_precision, tf32_applies
+from multitask.cli import banner
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
+from multitask.settings import parse
 from multitask.train import Trainer, TrainSettings
 from tests.conftest import read_column
 from tests.test_smart_training import TINY, tiny_tasks
 
 CPU = torch.device("cpu")
+CUDA = torch.device("cuda")
 
 
 @pytest.mark.parametrize("flags,expected", [
@@ -29,11 +36,72 @@ def test_auto_takes_bf16_only_on_cpus_that_run_it_natively(monkeypatch, flags, e
     assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
 
 
-@pytest.mark.parametrize("supported,expected", [(True, "bf16"), (False, "fp32")])
-def test_auto_on_cuda_follows_the_device(monkeypatch, supported, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
-    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset())
-    assert resolve_precision("auto", torch.device("cuda")) == expected
+GPUS = {"P100": (6, 0), "V100": (7, 0), "T4": (7, 5), "A100": (8, 0), "RTX 4090": (8, 9), "H100": (9, 0)}
+
+
+@pytest.mark.parametrize("gpu,expected", [("P100", "fp32"), ("V100", "fp16"), ("T4", "fp16"), ("A100", "bf16"),
+                                          ("RTX 4090", "bf16"), ("H100", "bf16")])
+def test_auto_on_a_gpu_takes_what_its_tensor_cores_run(gpu, expected):
+    chosen, why = choose_precision("auto", "cuda", GPUS[gpu])
+    assert chosen == expected
+    major, minor = GPUS[gpu]
+    assert why.startswith("auto: ") and f"compute capability {major}.{minor}" in why and "\n" not in why
+    assert ("gradient scaling" in why) == (expected == "fp16")
+    assert ("TF32" in why) == (GPUS[gpu] >= (8, 0)) == tf32_applies("cuda", GPUS[gpu])
+
+
+@pytest.mark.parametrize("native,expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_on_a_cpu_takes_bf16_only_where_it_is_native(native, expected):
+    chosen, why = choose_precision("auto", "cpu", None, cpu_native_bf16=native)
+    assert chosen == expected and "AVX512-BF16" in why and "TF32" not in why
+    assert not tf32_applies("cpu", None)
+
+
+@pytest.mark.parametrize("requested", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("device_type,capability,native", [("cuda", (7, 5), False), ("cuda", (9, 0), False),
+                                                           ("cpu", None, True), ("cpu", None, False)])
+def test_an_explicit_precision_is_honoured_on_every_device(requested, device_type, capability, native):
+    chosen, why = choose_precision(requested, device_type, capability, native)
+    assert chosen == requested and why.startswith(f"--precision {requested} as requested")
+    # Said when the hardware has no units for it (bf16 on a T4, fp16 on a CPU).
+    slow = {"bf16": device_type == "cpu" and not native or capability == (7, 5),
+            "fp16": device_type == "cpu", "fp32": False}[requested]
+    assert ("may be slower than fp32" in why) == slow
+
+
+def test_auto_on_a_real_device_reads_its_capability_not_is_bf16_supported(monkeypatch):
+    # torch.cuda.is_bf16_supported() counts emulation as support: True on a T4, where bf16 is slow.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert precision_choice("auto", CUDA)[0] == resolve_precision("auto", CUDA) == "fp16"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert resolve_precision("auto", CUDA) == "bf16"
+
+
+@pytest.fixture
+def tf32_flags_restored():
+    """torch's TF32 switches put back after the test (monkeypatch cannot restore these properties)."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.parametrize("capability,expected", [((8, 0), True), ((7, 5), False), (None, False)])
+def test_tf32_is_switched_on_only_on_ampere_and_later(monkeypatch, tf32_flags_restored, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert precision.allow_tf32(CPU if capability is None else CUDA) == expected
+    assert torch.backends.cuda.matmul.allow_tf32 == torch.backends.cudnn.allow_tf32 == expected
+
+
+def test_the_banner_says_which_precision_runs_and_why(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    settings = parse(["--precision", "auto"])
+    train = dataclasses.replace(settings.train, lr=1e-3, precision="fp16")
+    lines = banner(settings, train, types.SimpleNamespace(steps_per_epoch=9, total_updates=36), CUDA)
+    [line] = [line for line in lines if line.startswith("precision: ")]
+    assert line.startswith("precision: fp16 on cuda (auto: fp16 autocast with gradient scaling, as compute "
+                           "capability 7.5 has fp16 tensor cores")
 
 
 def test_cpu_flags_are_read_from_the_flags_line(tmp_path):
@@ -50,8 +118,8 @@ def test_native_bf16_label_tells_apart_cpus_that_train_auto_in_bf16_and_in_fp32(
 
 
 def test_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match="precision 'fp16' is not one of auto, fp32, bf16"):
-        resolve_precision("fp16", CPU)
+    with pytest.raises(ValueError, match="precision 'fp8' is not one of auto, fp32, bf16, fp16"):
+        resolve_precision("fp8", CPU)
 
 
 def test_bf16_training_keeps_fp32_weights_optimiser_state_and_teacher(tmp_path):
@@ -128,3 +196,154 @@ def test_under_autocast_the_residual_stream_is_bf16_and_the_outputs_fp32():
     with torch.no_grad(), autocast(CPU, "bf16"):
         output = model("sst", batch)
     assert seen == [torch.bfloat16] and output.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------ fp16 loss scaling
+
+class InfiniteGradient(torch.autograd.Function):
+    """A term of value 0 whose gradient is +inf: the overflow of an fp16 backward, on purpose."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor) -> torch.Tensor:
+        ctx.shape = output.shape
+        return output.new_zeros(()).float()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.full(ctx.shape, float("inf"))
+
+
+class OverflowOnce(Regularizers):
+    """R-Drop's place in the step taken by a term whose gradient is infinite on call `bad_call` (from 0)."""
+
+    def __init__(self, bad_call: int) -> None:
+        super().__init__(RegularizerSettings(rdrop=True))
+        self.bad_call, self.calls = bad_call, 0
+
+    def rdrop(self, model, task, batch, output):
+        self.calls += 1
+        return InfiniteGradient.apply(output) if self.calls - 1 == self.bad_call else output.new_zeros(())
+
+
+def fp16_trainer(tmp_path, regularizers: Regularizers | None = None, precision_name: str = "fp16") -> Trainer:
+    torch.manual_seed(0)
+    tasks = tiny_tasks()
+    return Trainer(MultitaskBert(BertModel(TINY)), tasks, tasks,
+                   TrainSettings(epochs=1, batch_size=8, lr=1e-3, seed=0, precision=precision_name), CPU, tmp_path,
+                   regularizers=regularizers)
+
+
+def test_fp16_skips_an_update_whose_gradients_overflow_counts_it_and_trains_on(tmp_path, caplog):
+    bad = 4
+    trainer = fp16_trainer(tmp_path, OverflowOnce(bad))
+    changed, scales = [], []
+    update = trainer.update
+
+    def watched_update() -> None:
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        scale = trainer.scaler.get_scale()
+        update()
+        changed.append(any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters())))
+        scales.append((scale, trainer.scaler.get_scale()))
+
+    trainer.update = watched_update
+    with caplog.at_level("INFO", logger="multitask.train"):
+        [record] = trainer.train()
+    # The poisoned update left every weight as it was, and the scaler halved its scale for it.
+    assert not changed[bad] and scales[bad][1] == scales[bad][0] / 2
+    # Every update the scaler skipped (this one, and any while its scale settles) is counted, the
+    # others applied; the run goes on to the end of its plan.
+    skipped = changed.count(False)
+    assert skipped >= 1 and trainer.scaler_skips == skipped == record.extra["scaler_skipped_steps"]
+    assert trainer.updates == trainer.steps_per_epoch == len(changed) and any(changed[bad + 1:])
+    assert record.skipped_steps == 0  # the losses themselves were finite
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert sum("fp16: update" in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records) == skipped
+    [line] = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(line)["scaler_skipped_steps"] == skipped
+
+
+def test_fp16_clips_the_true_gradients_and_applies_them_as_clipped(tmp_path, monkeypatch):
+    trainer = fp16_trainer(tmp_path)
+    updates: list[dict] = []  # per update: the norm clipping left, and the squared norm the optimiser applied
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(params, max_norm, *args, **kwargs):
+        norm = clip(params, max_norm, *args, **kwargs)
+        updates.append({"clipped": min(float(norm), max_norm), "applied": 0.0, "ran": False})
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    update_group = trainer.optimizer._update_group
+
+    def recording_update_group(group):
+        updates[-1]["ran"] = True
+        updates[-1]["applied"] += sum(float(p.grad.square().sum()) for p in group["params"] if p.grad is not None)
+        return update_group(group)
+
+    monkeypatch.setattr(trainer.optimizer, "_update_group", recording_update_group)
+    trainer.train()
+    applied = [u for u in updates if u["ran"]]
+    assert len(updates) == trainer.updates and len(applied) == trainer.updates - trainer.scaler_skips > 0
+    # Clipping saw the unscaled gradients, so the optimiser applies exactly what it left; clipping
+    # the scaled ones would leave the applied gradients 1/scale as large.
+    assert [u["applied"] ** 0.5 for u in applied] == pytest.approx([u["clipped"] for u in applied], rel=1e-3)
+
+
+def test_fp32_and_bf16_runs_have_no_scaler_and_no_scaler_metrics(tmp_path):
+    for name in ("fp32", "bf16"):
+        trainer = fp16_trainer(tmp_path / name, precision_name=name)
+        [record] = trainer.train()
+        assert trainer.scaler is None and "scaler_skipped_steps" not in record.as_json()
+        assert "scaler" not in trainer.state_dict()
+
+
+def test_the_scaler_state_is_part_of_the_trainer_state(tmp_path):
+    trainer = fp16_trainer(tmp_path / "a")
+    trainer.train()
+    state = trainer.state_dict()
+    assert state["scaler"]["scale"] == trainer.scaler.get_scale() < 65536.0
+    fresh = fp16_trainer(tmp_path / "b")
+    fresh.load_state_dict(state)
+    assert fresh.scaler.state_dict() == trainer.scaler.state_dict()
+    assert fresh.scaler_skips == trainer.scaler_skips > 0
+
+
+def test_mlm_pretraining_in_fp16_skips_an_overflowed_update_and_reports_it(tmp_path):
+    from minbert import BertConfig
+    from minbert.corpus import tokenise_and_pack
+    from minbert.masking import MaskingVocab
+    from minbert.mlm import BertForMaskedLM
+    from minbert.mlm_training import MLMSettings, MLMTrainer
+    from tests.conftest import DATA
+
+    tokenizer = load_tokenizer()
+    rows = tokenise_and_pack(read_column(DATA / "ids-sst-train.csv", "sentence", limit=40), tokenizer, 32)
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                                 intermediate_size=64, max_position_embeddings=64)))
+    trainer = MLMTrainer(model, MaskingVocab.from_tokenizer(tokenizer), rows, rows,
+                         MLMSettings(max_steps=6, batch_size=8, eval_every=3, seed=0, precision="fp16"))
+    loss, calls, changed = model.loss, [], []
+
+    def overflowing_loss(*args):
+        value = loss(*args)
+        calls.append(None)
+        return value + InfiniteGradient.apply(value) if len(calls) == 3 else value
+
+    model.loss = overflowing_loss
+    step = trainer.train_step
+
+    def watched_step(index):
+        before = [p.detach().clone() for p in model.parameters()]
+        result = step(index)
+        changed.append(any(not torch.equal(a, p) for a, p in zip(before, model.parameters())))
+        return result
+
+    trainer.train_step = watched_step
+    history = trainer.train(tmp_path / "mlm_metrics.jsonl", report=lambda line: None)
+    assert not changed[2] and trainer.scaler_skips == changed.count(False) >= 1
+    assert trainer.step == 6 and all(torch.isfinite(p).all() for p in model.parameters())
+    assert history[-1]["scaler_skipped_steps"] == trainer.scaler_skips
+    assert json.loads((tmp_path / "mlm_metrics.jsonl").read_text().splitlines()[-1])["scaler_skipped_steps"] == \
+        trainer.scaler_skips

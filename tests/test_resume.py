@@ -97,7 +97,8 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     (False, 1, 3, "fp32"),   # crash in the first epoch
     (True, 2, 7, "fp32"),    # accumulation: 9 steps an epoch, so the last group of each epoch is a single step
     (True, 1, 13, "bf16"),   # the same under bf16 autocast
-], ids=["smart", "plain-epoch1", "smart-grad-accum", "smart-bf16"])
+    (False, 1, 13, "fp16"),  # fp16: the loss scale the scaler has settled on must continue too
+], ids=["smart", "plain-epoch1", "smart-grad-accum", "smart-bf16", "plain-fp16"])
 def test_interrupted_and_resumed_trainer_is_bit_identical(tmp_path, monkeypatch, caplog, smart, grad_accum,
                                                           crash_at_update, precision):
     reference, _, reference_regs = tiny_trainer(tmp_path / "reference", smart, grad_accum, precision=precision)
