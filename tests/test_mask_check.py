@@ -49,7 +49,7 @@ def test_a_replay_that_does_not_restore_the_masks_is_refused_naming_the_way_out(
     with pytest.raises(DeviceError) as excinfo:
         check_dropout_replay(model, CPU, "fp32")
     message = str(excinfo.value)
-    assert "\n" not in message and message.endswith("run with --smart_dropout independent")
+    assert "\n" not in message and message.endswith("run with --smart_dropout independent (and --no_bregman)")
     assert "cpu" in message and model.training and torch.equal(torch.get_rng_state(), rng)
 
 
