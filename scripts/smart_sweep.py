@@ -1,6 +1,6 @@
 """The SMART sweep over radius ε and weight λ_s: one epoch per point, paired seeds, differences from plain fine-tuning.
 
-    python scripts/smart_sweep.py                     # every point, seeds 11711 and 1 (resumable)
+    python scripts/smart_sweep.py                     # every point, seeds 11711 and 1 (resumable, also on a fresh clone)
     python scripts/smart_sweep.py --report_only       # the table from the runs finished so far
 
 Each point is `--smart` with its ε and λ_s and the other SMART settings at their defaults (η = 100·ε,
@@ -27,6 +27,7 @@ from minbert.flags import OneLineErrorParser  # noqa: E402
 from minbert.precision import PRECISION_HELP, PRECISIONS  # noqa: E402
 from minbert.progress import format_loss  # noqa: E402
 from multitask.ablation import GridError, GridSettings, RunResult, finished_results, parse_seeds, run_grid  # noqa: E402
+from multitask.ablation.grid import report_paths  # noqa: E402
 from multitask.ablation.seed_stats import (format_difference, format_stat, mean_std, metric_columns,  # noqa: E402
                                            paired_difference, per_seed, time_ratio)
 
@@ -47,6 +48,24 @@ def point_settings(out_dir: Path, point: str, seeds: list[int], precision: str) 
     eps, weight = POINTS[point]
     return GridSettings(out_dir=out_dir / point, configs=["smart"], seeds=seeds, epochs=1, skip_predictions=True,
                         extra_args=["--smart_eps", eps, "--smart_lambda", weight], precision=precision)
+
+
+def record_runs(settings: GridSettings, runs: list[RunResult]) -> None:
+    """Add finished runs to the point's report <out_dir>/<point>.json, which a fresh clone resumes from.
+
+    Records of other seeds already there are kept: two sweeps may run the seeds side by side.
+    """
+    path = report_paths(settings.out_dir)["json"]
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))["runs"]
+    except FileNotFoundError:
+        kept = []
+    done = [r.as_json() for r in runs if r.status == "done"]
+    replaced = {(r["config"], r["seed"]) for r in done}
+    merged = [r for r in kept if (r.get("config"), r.get("seed")) not in replaced] + done
+    merged.sort(key=lambda r: (r["config"], str(r["seed"])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"runs": merged}, indent=2) + "\n")
 
 
 def term_sizes(runs: list[RunResult], tasks: list[str]) -> dict[str, tuple[float, float]]:
@@ -112,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of seeds, run in this order ('1,' is the single seed 1: a lone number N "
                         "is a count, the course's seed 11711 then 1..N-1)")
     p.add_argument("--points", default=",".join(POINTS), help=f"comma list from {','.join(POINTS)}")
-    p.add_argument("--out_dir", type=Path, default=Path("runs/sweep"), help="run directories, one per point")
+    p.add_argument("--out_dir", type=Path, default=Path("results/smart_sweep_runs"),
+                   help="run directories, one per point, and beside each its report <point>.json (kept in git: a "
+                        "fresh clone skips the runs it records)")
     p.add_argument("--report", type=Path, default=Path("results/smart_sweep"),
                    help="the table goes to REPORT.md and REPORT.json")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
@@ -131,9 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         for seed in seeds:
             for name in names:
-                run_grid(point_settings(args.out_dir, name, [seed], args.precision),
-                         say=lambda line, name=name: print(f"{name}: {line}", flush=True))
+                settings = point_settings(args.out_dir, name, [seed], args.precision)
+                record_runs(settings, run_grid(settings, say=lambda line, name=name: print(f"{name}: {line}",
+                                                                                           flush=True)))
     rows = {name: finished_results(point_settings(args.out_dir, name, seeds, args.precision)) for name in names}
+    for name, runs in rows.items():
+        record_runs(point_settings(args.out_dir, name, seeds, args.precision), runs)
     atomic_write_text(args.report.with_suffix(".md"), markdown(seeds, rows))
     points_json = {name: {"flags": point_settings(args.out_dir, name, seeds, args.precision).extra_args,
                           "runs": [r.as_json() for r in runs]} for name, runs in rows.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -55,3 +56,15 @@ def test_the_report_lists_term_sizes_and_activity_per_point():
     assert active_line.endswith("| yes |") and "0.0400 (2.00%)" in active_line
     quiet_line = next(line for line in text.splitlines() if line.startswith("| eps1e-3_lambda1 |") and "%" in line)
     assert quiet_line.endswith("| no |") and "2.00e-05 (0.00100%)" in quiet_line
+
+
+def test_each_point_records_its_runs_for_a_fresh_clone_and_two_lanes_merge(tmp_path):
+    settings = SWEEP.point_settings(tmp_path / "sweep", "eps1e-1_lambda1", [11711], "auto")
+    SWEEP.record_runs(settings, [run("smart", 11711, 0.70, {"sst": 0.02})])
+    other_lane = SWEEP.point_settings(tmp_path / "sweep", "eps1e-1_lambda1", [1], "auto")
+    SWEEP.record_runs(other_lane, [run("smart", 1, 0.71, {"sst": 0.03}),
+                                   RunResult("smart", 2, "failed", "/nowhere", error="boom")])
+    SWEEP.record_runs(settings, [run("smart", 11711, 0.72, {"sst": 0.02})])  # a rerun replaces its record
+    report = json.loads((tmp_path / "sweep" / "eps1e-1_lambda1.json").read_text())
+    assert [(r["seed"], r["dev_mean"]) for r in report["runs"]] == [(1, 0.71), (11711, 0.72)]
+    assert report["runs"][0]["terms"]["ratio_sst_adversarial"] == 0.03
