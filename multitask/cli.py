@@ -33,6 +33,7 @@ from multitask.run_lock import RunLockError, hold_output_locks
 from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.settings import RunSettings, Settings, build_parser, settings_from
 from multitask.submission import score_dev_predictions
+from multitask.throughput import PEAK_SIZE, matmul_peak
 from multitask.tasks import TASKS
 from multitask.train import DEFAULT_LR, ESTIMATE_AFTER_STEPS, TrainingAborted, TrainSettings, format_epoch
 from smart import WeightAverage
@@ -178,6 +179,7 @@ def train_and_predict(settings: Settings, env: DistEnv, device: torch.device) ->
     trainer = make_trainer(env, model, train_sets, dev_sets, train, device, run.out_dir, on_new_best=keep_best,
                            regularizers=regularizers, average=average, score_average=run.average_weights,
                            on_save_state=save_state, save_every=run.save_every)
+    trainer.matmul_peak = matmul_peak(device, train.precision)
     if env.is_main:
         for line in banner(settings, train, trainer, device):
             log.info("%s", line)
@@ -325,7 +327,9 @@ def banner(settings: Settings, train: TrainSettings, trainer, device: torch.devi
             f"regularisers: {describe(settings.regularizers, run.tasks)}",
             f"scored and kept each epoch: {averaged}",
             f"plan: {train.epochs} epoch(s) of {trainer.steps_per_epoch} steps, {trainer.total_updates} updates, "
-            f"lr {train.lr:g}, batch {train.batch_size}; time: estimated after {ESTIMATE_AFTER_STEPS} steps"]
+            f"lr {train.lr:g}, batch {train.batch_size}; time: estimated after {ESTIMATE_AFTER_STEPS} steps",
+            f"matmul peak: {trainer.matmul_peak / 1e9:.0f} GFLOP/s (torch.mm {PEAK_SIZE}², {train.precision}, measured "
+            "now); each epoch reports its model FLOPs on real tokens as a share of it"]
 
 
 def predict_from_checkpoint(settings: Settings, device: torch.device) -> None:

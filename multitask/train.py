@@ -42,6 +42,7 @@ from multitask.regularizers import Regularizers
 from multitask.runtime import show_progress, to_device
 from multitask.schedule import SCHEDULES, task_order
 from multitask.tasks import TASKS
+from multitask.throughput import training_flops_per_token
 from smart import DropoutReplay, WeightAverage
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class EpochProgress:
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     examples: int = 0
+    tokens: int = 0  # real (not padding) tokens of the finished steps
     seconds: float = 0.0
     bad_steps_before: int = 0
     scaler_skips_before: int = 0
@@ -218,6 +220,10 @@ class Trainer:
         self.loss_terms: nn.Module = StepLoss(self.model, regularizers)
         self.samplers = {name: BucketBatchSampler(ds.lengths(), settings.batch_size, seed=settings.seed)
                          for name, ds in train_sets.items()}
+        self.token_counts = {name: np.sum(ds.side_lengths(), axis=0) for name, ds in train_sets.items()}
+        # FLOP/s of a torch.mm on this device in this precision, measured by the caller; with it each
+        # epoch reports its model FLOPs on real tokens as a share of the machine's peak.
+        self.matmul_peak: float | None = None
         self.steps_per_epoch = sum(len(s) for s in self.samplers.values())
         # Every epoch ends with an update, so a partial accumulation group counts as one.
         self.total_updates = settings.epochs * math.ceil(self.steps_per_epoch / settings.grad_accum)
@@ -358,6 +364,7 @@ class Trainer:
                 progress.sums[key] = progress.sums.get(key, 0.0) + value
                 progress.counts[key] = progress.counts.get(key, 0) + 1
             progress.examples += len(indices)
+            progress.tokens += int(self.token_counts[task][indices].sum())
             if (step + 1) % self.settings.grad_accum == 0 or step + 1 == len(plan):
                 self.update()
                 # Only between updates is there no half-accumulated gradient to carry over. The
@@ -382,7 +389,19 @@ class Trainer:
                            progress.examples, self.bad_steps - progress.bad_steps_before,
                            {"lr": self.scheduler.get_last_lr()[0],
                             **({} if self.scaler is None
-                               else {"scaler_skipped_steps": self.scaler_skips - progress.scaler_skips_before})})
+                               else {"scaler_skipped_steps": self.scaler_skips - progress.scaler_skips_before}),
+                            **self.throughput(progress)})
+
+    def throughput(self, progress: EpochProgress) -> dict[str, float | int]:
+        """The epoch's real tokens, its model FLOP rate and, with a measured peak, the share of it."""
+        out: dict[str, float | int] = {"train_tokens": progress.tokens}
+        if progress.seconds > 0:
+            flops = training_flops_per_token(self.model.encoder.config) * progress.tokens / progress.seconds
+            out["model_gflops_per_s"] = round(flops / 1e9, 1)
+            if self.matmul_peak:
+                out["matmul_peak_gflops_per_s"] = round(self.matmul_peak / 1e9, 1)
+                out["of_peak"] = round(flops / self.matmul_peak, 4)
+        return out
 
     def log_estimate(self, epoch: int, steps_left_in_epoch: int, seconds_per_step: float) -> None:
         """Once per process: how long the rest of the training loop should take at the pace so far."""
@@ -471,5 +490,7 @@ def format_epoch(record: EpochRecord) -> str:
     ratios = record.term_ratios()
     losses = ", ".join(f"{key} {format_loss(value)}" + (f" ({100 * ratios[key]:#.3g}% of {key.partition('_')[0]})" if key in ratios else "")
                        for key, value in record.train_losses.items())
+    of_peak = record.extra.get("of_peak")
+    rate = "" if of_peak is None else f", {of_peak:.0%} of the matmul peak"
     return (f"epoch {record.epoch}: dev {scores}  mean {record.dev_mean:.3f}  "
-            f"({record.train_examples} examples in {record.train_seconds:.0f}s); train losses {losses}")
+            f"({record.train_examples} examples in {record.train_seconds:.0f}s{rate}); train losses {losses}")

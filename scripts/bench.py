@@ -18,7 +18,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -26,6 +29,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import minbert.attention  # noqa: E402
+import minbert.dropout  # noqa: E402
 from minbert import BertModel, load_tokenizer  # noqa: E402
 from minbert.optimizer import AdamW  # noqa: E402
 from minbert.paths import default_checkpoint_dir  # noqa: E402
@@ -34,6 +39,7 @@ from multitask.batching import compare_padding, encode_task  # noqa: E402
 from multitask.tasks import CFIMDB, PARA, SST, STS  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average  # noqa: E402
+from multitask.throughput import matmul_peak  # noqa: E402
 from multitask.train import StepLoss  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -41,7 +47,7 @@ BATCH = 32
 # SMART with T = 1 and the teacher: clean fwd+bwd (3F), noisy fwd (F), backward to δ only (≈F: no
 # weight gradients), adversarial fwd+bwd (3F), teacher fwd (F) = 9F against plain's 3F. R3F and
 # R-Drop: a second fwd+bwd, 6F.
-FLOP_RATIO = {"plain": 1.0, "plain+ema": 1.0, "smart": 9 / 3, "r3f": 6 / 3, "rdrop": 6 / 3}
+FLOP_RATIO = {"plain": 1.0, "plain+ema": 1.0, "plain-torch-dropout": 1.0, "smart": 9 / 3, "r3f": 6 / 3, "rdrop": 6 / 3}
 CPU = torch.device("cpu")
 
 
@@ -67,17 +73,6 @@ def realistic_batch(tokenizer, length: int, seed: int = 0) -> dict[str, torch.Te
         i = rng.choice(candidates)
         chosen.append((pool[i][0][:target - 1] + [tokenizer.sep_id], pool[i][1][:target]))
     return tokenizer.pad([c[0] for c in chosen], [c[1] for c in chosen])
-
-
-def matmul_peak(dtype: torch.dtype = torch.float32, seconds: float = 2.0) -> float:
-    """Measured GFLOP/s of torch.mm in `dtype` on this machine (the ceiling everything is compared with)."""
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    torch.mm(a, b)
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        runs += 1
-    return 2 * 2048 ** 3 * runs / (time.perf_counter() - start) / 1e9
 
 
 def forward_flops(config, attention_mask: torch.Tensor) -> float:
@@ -177,12 +172,23 @@ def encoder_table(tokenizer, lengths, reps, include_eager, peaks: dict[str, floa
 
 # Each regularised method as (regulariser settings or None, whether a weight average is kept
 # beside it). SMART's Bregman teacher is itself the weight average, as in training.
-REGULARISED = {"plain": (None, False), "plain+ema": (None, True),
+REGULARISED = {"plain": (None, False), "plain+ema": (None, True), "plain-torch-dropout": (None, False),
                "smart": (RegularizerSettings(smart=True), False),
                "r3f": (RegularizerSettings(r3f=True), False),
                "rdrop": (RegularizerSettings(rdrop=True), False)}
 # The regularised steps run at the precision training picks on this machine.
 STEP_PRECISION = resolve_precision("auto", CPU)
+
+
+@contextmanager
+def torch_dropout() -> Iterator[None]:
+    """The step as before minbert/dropout.py, with torch's own CPU dropout masks: the A/B row of that change."""
+    def torch_masks(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+        return F.dropout(x, p, training=training)
+
+    with mock.patch.object(minbert.dropout, "dropout", torch_masks), \
+            mock.patch.object(minbert.attention, "masked_dropout", torch_masks):
+        yield
 
 
 def regularised_batch(tokenizer, length: int) -> dict[str, torch.Tensor]:
@@ -203,7 +209,7 @@ def regularised_step(method: str, batch: dict[str, torch.Tensor]):
 
     def step():
         model.train()
-        with autocast(CPU, STEP_PRECISION):
+        with autocast(CPU, STEP_PRECISION), (torch_dropout() if method == "plain-torch-dropout" else nullcontext()):
             loss = sum(loss_terms("sst", batch).values())
         loss.backward()
         optimizer.step()
@@ -318,7 +324,7 @@ def main() -> None:
     import logging
     logging.getLogger("transformers").setLevel(logging.ERROR)
     tokenizer = load_tokenizer()
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peaks = {precision: matmul_peak(CPU, precision, seconds=2.0) / 1e9 for precision in ("fp32", "bf16")}
     impls = encoder_impls(not args.no_eager)
     regularised_length = 64 if 64 in args.lengths else args.lengths[0]
     report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
