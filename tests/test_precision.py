@@ -222,7 +222,7 @@ class OverflowOnce(Regularizers):
 
     def rdrop(self, model, task, batch, output):
         self.calls += 1
-        return InfiniteGradient.apply(output) if self.calls - 1 == self.bad_call else output.new_zeros(())
+        return {"rdrop": InfiniteGradient.apply(output) if self.calls - 1 == self.bad_call else output.new_zeros(())}
 
 
 def fp16_trainer(tmp_path, regularizers: Regularizers | None = None, precision_name: str = "fp16") -> Trainer:
