@@ -43,7 +43,7 @@ class RegularizerSettings:
     no_adversarial: bool = flag(False, "with --smart: drop the adversarial term")
     no_bregman: bool = flag(False, "with --smart: drop the Bregman term")
     smart_lambda: float = flag(1.0, "weight λ_s of the adversarial term", type=non_negative)
-    smart_eps: float = flag(1e-2, "ℓ∞ radius ε of δ, added after the embedding LayerNorm (entries of order 1); "
+    smart_eps: float = flag(0.1, "ℓ∞ radius ε of δ, added after the embedding LayerNorm (entries of order 1); "
                                   "the paper's setting is 1e-5", type=positive)
     smart_sigma: float | None = flag(None, "std σ of δ's starting noise (default: ε, the paper's ratio); not 0 with "
                                            "shared masks, where the ascent would start at its minimum",
