@@ -137,18 +137,3 @@ def test_rdrop_is_zero_without_dropout_and_positive_with_it(sst_batch):
     assert value > 1e-4
     # α weights the divergence linearly (same stream, same two passes).
     assert step_terms(with_dropout, sst_batch, rdrop=True, rdrop_alpha=1.0)["rdrop"] == pytest.approx(value / 2)
-
-
-def test_default_radius_survives_bf16_autocast(model, sst_batch):
-    def term(precision: str, eps: float, step_size: float, sigma: float) -> float:
-        return step_terms(model, sst_batch, precision, smart=True, no_bregman=True, smart_eps=eps, smart_step_size=step_size,
-                          smart_sigma=sigma)["adversarial"]
-
-    d = RegularizerSettings()
-    fp32 = term("fp32", d.smart_eps, d.smart_step_size, d.smart_sigma)
-    bf16 = term("bf16", d.smart_eps, d.smart_step_size, d.smart_sigma)
-    # At the paper's radius the true term is ~1e-10; all that bf16 shows there is rounding.
-    rounding_floor = term("bf16", 1e-5, 1e-3, 1e-5)
-    assert bf16 >= 10 * rounding_floor
-    # And it measures what fp32 measures, not rounding.
-    assert 0.5 < bf16 / fp32 < 2.0
