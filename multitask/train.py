@@ -58,6 +58,10 @@ ESTIMATE_AFTER_STEPS = 20
 DEFAULT_LR = {"pretrain": 1e-3, "finetune": 5e-5}
 
 
+# Epoch record fields that measure the machine rather than the run: two identical runs differ only in these.
+TIMING_KEYS = frozenset({"train_seconds", "model_gflops_per_s", "matmul_peak_gflops_per_s", "of_peak"})
+
+
 class TrainingAborted(TooManyBadSteps):
     """Fine-tuning stopped because too many steps produced non-finite losses."""
 

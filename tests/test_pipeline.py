@@ -16,6 +16,7 @@ from minbert.precision import resolve_precision
 from multitask.cli import check_regularizer_flags, main
 from multitask.settings import parse
 from multitask.predictions import read_predictions
+from multitask.train import TIMING_KEYS
 from tests.conftest import read_column
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -198,8 +199,8 @@ def test_predict_only_reproduces_the_prediction_files(finetune_run, tiny_data, t
 def test_same_seed_gives_identical_predictions_and_metrics(finetune_run, finetune_rerun):
     for key, path in finetune_run["outputs"].items():
         assert path.read_bytes() == finetune_rerun["outputs"][key].read_bytes(), key
-    strip = [{k: v for k, v in record.items() if k != "train_seconds"} for record in finetune_run["metrics"]]
-    strip_again = [{k: v for k, v in record.items() if k != "train_seconds"} for record in finetune_rerun["metrics"]]
+    strip = [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in finetune_run["metrics"]]
+    strip_again = [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in finetune_rerun["metrics"]]
     assert strip == strip_again
     heads = load_file(str(finetune_run["best"] / "heads.safetensors"))
     heads_again = load_file(str(finetune_rerun["best"] / "heads.safetensors"))

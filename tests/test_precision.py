@@ -98,7 +98,7 @@ def test_the_banner_says_which_precision_runs_and_why(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     settings = parse(["--precision", "auto"])
     train = dataclasses.replace(settings.train, lr=1e-3, precision="fp16")
-    lines = banner(settings, train, types.SimpleNamespace(steps_per_epoch=9, total_updates=36), CUDA)
+    lines = banner(settings, train, types.SimpleNamespace(steps_per_epoch=9, total_updates=36, matmul_peak=5e12), CUDA)
     [line] = [line for line in lines if line.startswith("precision: ")]
     assert line.startswith("precision: fp16 on cuda (auto: fp16 autocast with gradient scaling, as compute "
                            "capability 7.5 has fp16 tensor cores")

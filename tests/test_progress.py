@@ -36,12 +36,12 @@ def test_a_line_at_most_every_interval_with_means_since_the_last_line_rate_and_e
     reporter.add(4, {"para loss": 0.75})
     clock.now += 28
     # 4 of 10 updates in 40 s: 6 left at 10 s each; 20 examples in 40 s.
-    assert reporter.advance(4) == ("update 4/10: sst loss 1.5000, sst_adversarial loss 0.3750, para loss 0.7500; "
+    assert reporter.advance(4) == ("update 4/10: sst loss 1.50, sst_adversarial loss 0.375, para loss 0.750; "
                                    "0.5 examples/s; ETA 1m00s")
     reporter.add(8, {"sst loss": 3.0})
     clock.now += 30
     # Means and rate restart at each line; the ETA keeps the whole stretch: 7 updates in 70 s.
-    assert reporter.advance(7, "epoch 2/3, update 7/10") == ("epoch 2/3, update 7/10: sst loss 3.0000; "
+    assert reporter.advance(7, "epoch 2/3, update 7/10") == ("epoch 2/3, update 7/10: sst loss 3.00; "
                                                              "0.3 examples/s; ETA 30s")
     assert lines == [lines[0], lines[1]] and len(lines) == 2
 
@@ -52,7 +52,7 @@ def test_a_resumed_stretch_measures_its_rate_from_its_own_units_only():
     reporter = ProgressReporter(100, 50, emit=lines.append, interval=0, clock=clock, eta_of="epoch")
     reporter.add(32, {"loss": 1.0})
     clock.now += 20
-    assert reporter.advance(60) == "update 60/100: loss 1.0000; 1.6 examples/s; epoch ETA 1m20s"  # 2 s a step
+    assert reporter.advance(60) == "update 60/100: loss 1.00; 1.6 examples/s; epoch ETA 1m20s"  # 2 s a step
     assert reporter.advance(60) == "update 60/100: no finished step; examples/s not measured yet; epoch ETA 1m20s"
 
 

@@ -24,7 +24,7 @@ from multitask.cli import main
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
 from multitask.resume import STATE_FILE, RunState, capture_rng, restore_cuda_rng, restore_rng
-from multitask.train import Trainer, TrainSettings
+from multitask.train import TIMING_KEYS, Trainer, TrainSettings
 from tests.test_checkpoint_errors import live_payload
 from tests.test_pipeline import DATA, ROWS, SEED, SPLIT_FILES, STEMS, data_args, output_args, write_tiny_file
 from tests.test_smart_training import TINY, tiny_tasks
@@ -78,12 +78,12 @@ def tiny_trainer(out_dir: Path, smart: bool, grad_accum: int = 1, crash_at_updat
 
 
 def comparable(history) -> list[dict]:
-    return [{k: v for k, v in record.as_json().items() if k != "train_seconds"} for record in history]
+    return [{k: v for k, v in record.as_json().items() if k not in TIMING_KEYS} for record in history]
 
 
 def metrics_lines(out_dir: Path) -> list[dict]:
     lines = (out_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "train_seconds"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
 
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
