@@ -31,6 +31,10 @@ class AdamW(Optimizer):
             raise ValueError(f"invalid weight_decay {weight_decay}: must be >= 0")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, correct_bias=correct_bias)
         super().__init__(params, defaults)
+        # √v + ε of each parameter, rewritten in place every step. Not optimiser state (nothing in it
+        # survives a step): kept only so that the step does not allocate, and fault in, fresh memory
+        # the size of the model each time, which costs more than the square roots themselves.
+        self._denominators: dict[torch.Tensor, torch.Tensor] = {}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -41,6 +45,12 @@ class AdamW(Optimizer):
         for group in self.param_groups:
             self._update_group(group)
         return loss
+
+    def _denominator(self, param: torch.Tensor) -> torch.Tensor:
+        buffer = self._denominators.get(param)
+        if buffer is None or buffer.shape != param.shape or buffer.device != param.device:
+            buffer = self._denominators[param] = torch.empty_like(param, memory_format=torch.preserve_format)
+        return buffer
 
     def _update_group(self, group: dict) -> None:
         params, grads, first, second, step_sizes = [], [], [], [], []
@@ -73,7 +83,9 @@ class AdamW(Optimizer):
         torch._foreach_lerp_(first, grads, 1.0 - beta1)          # m ← β₁m + (1−β₁)g
         torch._foreach_mul_(second, beta2)
         torch._foreach_addcmul_(second, grads, grads, 1.0 - beta2)  # v ← β₂v + (1−β₂)g²
-        denominators = torch._foreach_sqrt(second)
+        denominators = [self._denominator(p) for p in params]
+        for v, d in zip(second, denominators):
+            torch.sqrt(v, out=d)
         torch._foreach_add_(denominators, group["eps"])
         torch._foreach_addcdiv_(params, first, denominators, step_sizes)
 
