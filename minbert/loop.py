@@ -82,3 +82,20 @@ class JsonlWriter:
     def append(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def step_through_scaler(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, update: int,
+                        skipped_before: int, log: logging.Logger) -> bool:
+    """fp16: the optimiser step through the scaler, which skips it when a gradient is inf or NaN; True if it did.
+
+    The scaler lowers its scale after every such skip and only then, so a lower scale is how a skip
+    shows. Skips are expected while the scale settles at the start, rare afterwards; each is logged.
+    """
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    skipped = scaler.get_scale() < scale
+    if skipped:
+        log.info("fp16: update %d skipped, its gradients overflowed; loss scale %g -> %g (%d skipped so far)",
+                 update, scale, scaler.get_scale(), skipped_before + 1)
+    return skipped

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from minbert.corpus import PackedSequences
 from minbert.flags import flag, non_negative, number, positive, positive_int
 from minbert.flags import seed as seed_type
-from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups
+from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups, step_through_scaler
 from minbert.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
 from minbert.mlm import BertForMaskedLM
 from minbert.optimizer import AdamW, warmup_linear_decay
@@ -215,20 +215,12 @@ class MLMTrainer:
         self.step += 1
         return loss.item()
 
-
     def scaled_update(self, loss: torch.Tensor) -> None:
         """fp16: backward on the scaled loss, clip the unscaled gradients, step unless they overflowed."""
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
-        scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        # The scaler lowers its scale exactly when it skipped the step.
-        if self.scaler.get_scale() < scale:
-            self.scaler_skips += 1
-            log.info("fp16: update %d skipped, its gradients overflowed; loss scale %g -> %g (%d skipped so far)",
-                     self.step + 1, scale, self.scaler.get_scale(), self.scaler_skips)
+        self.scaler_skips += step_through_scaler(self.scaler, self.optimizer, self.step + 1, self.scaler_skips, log)
 
 
 def format_record(entry: dict) -> str:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from minbert.flags import flag, non_negative, non_negative_int, positive, positive_int
 from minbert.flags import seed as seed_type
-from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups
+from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups, step_through_scaler
 from minbert.memory import release_free_memory
 from minbert.optimizer import AdamW, warmup_linear_decay
 from minbert.precision import PRECISION_HELP, PRECISIONS, RESOLVED_PRECISIONS, autocast, grad_scaler
@@ -456,18 +456,8 @@ class Trainer:
             release_free_memory()
 
     def scaled_step(self) -> None:
-        """fp16: the optimiser step through the scaler, which skips it when a gradient is inf or NaN.
-
-        The scaler lowers its scale after every such skip and only then, so a lower scale is how
-        a skip shows. Skips are expected while the scale settles at the start, rare afterwards.
-        """
-        scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.scaler.get_scale() < scale:
-            self.scaler_skips += 1
-            log.info("fp16: update %d skipped, its gradients overflowed; loss scale %g -> %g (%d skipped so far)",
-                     self.updates + 1, scale, self.scaler.get_scale(), self.scaler_skips)
+        """fp16: the optimiser step through the scaler, counting the steps it skipped."""
+        self.scaler_skips += step_through_scaler(self.scaler, self.optimizer, self.updates + 1, self.scaler_skips, log)
 
     def skip_step(self, task: str, terms: dict[str, torch.Tensor]) -> None:
         """Drop a step whose loss is not finite, so it never reaches the weights; give up after too many.
