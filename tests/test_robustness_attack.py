@@ -112,6 +112,9 @@ def test_same_seed_same_adversarial_text():
 
 
 @pytest.mark.parametrize("task", ["sst", "para"])
-def test_result_reports_the_number_of_examples(task):
-    examples = sst() if task == "sst" else [PairExample("p", "a lovely day", "a day", 1)]
+def test_result_reports_the_number_of_examples_right_or_wrong(task):
+    if task == "sst":
+        examples = sst() + [SentenceExample("wrong", "a lovely film", 0)]
+    else:
+        examples = [PairExample("p", "a lovely day", "a day", 1), PairExample("w", "a lovely day", "a day", 0)]
     assert word_attack(KeywordModel(["lovely"]), task, examples).examples == len(examples)

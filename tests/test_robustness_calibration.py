@@ -23,6 +23,12 @@ def test_a_bin_compares_its_mean_accuracy_with_its_mean_confidence():
     assert expected_calibration_error(torch.tensor([0.94, 0.99]), torch.tensor([0, 1])) == pytest.approx(0.465)
 
 
+def test_fifteen_bins():
+    # 0.61 and 0.69 fall in (9/15, 10/15] and (10/15, 11/15]; with ten bins they would share (0.6, 0.7].
+    value = expected_calibration_error(torch.tensor([0.61, 0.69], dtype=torch.float64), torch.tensor([1, 0]))
+    assert value == pytest.approx((0.39 + 0.69) / 2)
+
+
 def test_bins_are_closed_on_the_right():
     # 2/15 belongs to (1/15, 2/15], apart from 0.14: (|1 − 2/15| + |0 − 0.14|)/2. Were the bins
     # closed on the left, the two would share a bin: |(1 − 2/15) − 0.14|/2.

@@ -81,10 +81,12 @@ def test_swap_refuses_a_word_of_one_repeated_letter():
     assert random_typo("ooo", random.Random(0)) != "ooo"
 
 
-def test_candidates_are_distinct_changes():
+def test_one_candidate_per_edit_kind_the_word_admits():
     for seed in range(20):
         found = candidate_typos("lovely", random.Random(seed))
-        assert 1 <= len(found) <= len(EDITS) and len(set(found)) == len(found) and "lovely" not in found
+        assert len(found) == len(EDITS) and len(set(found)) == len(found) and "lovely" not in found
+        assert len(candidate_typos("oooh", random.Random(seed))) == len(EDITS)
+        assert len(candidate_typos("ooo", random.Random(seed))) == len(EDITS) - 1  # no swap changes it
 
 
 # ------------------------------------------------------------------------------------------ counts
