@@ -43,11 +43,12 @@ def test_perfectly_calibrated_bins_give_zero():
 
 
 def test_binary_confidence_is_the_larger_of_p_and_one_minus_p():
-    # σ(log 9) = 0.9 (class 1), σ(−log 9) → 0.9 for class 0, σ(0) = 0.5 → class 0.
+    # σ(log 9) = 0.9: class 1 at 0.9; σ(−log 9) = 0.1: class 0 at 0.9; σ(0) = 0.5: class 0 (logit > 0
+    # predicts 1), at 0.5. All three right: 2/3·|1 − 0.9| + 1/3·|1 − 0.5|.
     logits = torch.tensor([math.log(9), -math.log(9), 0.0])
-    labels = torch.tensor([1.0, 1.0, 0.0])
-    # 2/3·|1/2 − 0.9| + 1/3·|1 − 0.5|
-    assert classifier_ece("binary", logits, labels) == pytest.approx(2 / 3 * 0.4 + 1 / 3 * 0.5)
+    assert classifier_ece("binary", logits, torch.tensor([1.0, 0.0, 0.0])) == pytest.approx(2 / 3 * 0.1 + 1 / 3 * 0.5)
+    # The first two wrong: 2/3·|0 − 0.9| + 1/3·|1 − 0.5|.
+    assert classifier_ece("binary", logits, torch.tensor([0.0, 1.0, 0.0])) == pytest.approx(2 / 3 * 0.9 + 1 / 3 * 0.5)
 
 
 def test_multiclass_confidence_is_the_max_softmax_probability():

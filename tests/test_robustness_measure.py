@@ -110,7 +110,8 @@ def test_keys_are_exactly_the_promised_ones(measures):
 def test_smoothness_grows_with_the_radius(measures):
     for task in ("sst", "para", "sts"):
         values = [measures[f"smooth_{task}_eps{e}"] for e in ("1e-3", "1e-2", "1e-1")]
-        assert 0 < values[0] < values[1] < values[2], (task, values)
+        # ℓ_s is quadratic in a small δ: ten times the radius, about a hundred times the value.
+        assert 0 < 10 * values[0] < values[1] and 10 * values[1] < values[2], (task, values)
 
 
 def test_text_measures_are_the_metric_on_the_seeded_noisy_text(model, tokenizer, dev_examples, measures):

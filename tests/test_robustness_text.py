@@ -65,7 +65,8 @@ def test_each_edit_changes_the_word_as_its_kind_says(kind):
         edited = edit(word, kind, random.Random(seed))
         assert edited is not None and edited != word
         if kind == "swap":
-            assert sorted(edited) == sorted(word) and sum(a != b for a, b in zip(word, edited)) == 2
+            moved = [i for i, (a, b) in enumerate(zip(word, edited)) if a != b]
+            assert sorted(edited) == sorted(word) and len(moved) == 2 and moved[1] == moved[0] + 1
         elif kind == "insert":
             assert len(edited) == len(word) + 1 and edited[0] == word[0] and edited[-1] == word[-1]
         elif kind == "delete":
