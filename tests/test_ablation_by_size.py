@@ -311,6 +311,10 @@ def test_the_pilot_runs_baseline_alone_and_reads_each_fraction_s_budget(tmp_path
     first_two = " | ".join(f"{dev_mean('baseline', 11711, 0.5, e):.4f}" for e in (1, 2))
     assert f"| 0.5 | 1 | {first_two} |" in table and "| 10 | 7 | 50 | 5.8 min |" in table
     assert (tmp_path / "ablations_by_size_pilot.png").read_bytes().startswith(b"\x89PNG")
+    # The grid's report says what the pilot beside it gave; without a pilot, that its epochs were set by hand.
+    grid = grid_of(tmp_path, fake_classifier)
+    assert "gave `--epochs_by_fraction 0.25:4,0.5:7`" in by_size.markdown(grid, {}, {}, None)
+    assert "set by hand" in by_size.markdown(grid_of(tmp_path / "elsewhere", fake_classifier), {}, {}, None)
 
 
 def test_the_plateau_rule_on_hand_made_curves():

@@ -13,7 +13,7 @@ from multitask.ablation.grid import BASELINE, GRID, GridError, fraction_label, r
 from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, format_difference, format_stat,
                                            machine_lines, mean_std, metric_columns, paired_difference, per_seed)
 from multitask.ablation.single_run import RunResult
-from multitask.ablation.sizes import PLATEAU_POINTS, Results, SizeGrid, epochs_flag, pilot_summary
+from multitask.ablation.sizes import PLATEAU_POINTS, Results, SizeGrid, epochs_flag, pilot_dir, pilot_summary
 
 # What measure_checkpoint returns besides measures: how many examples the attack ran on.
 COUNT_PREFIXES = ("attack_examples_",)
@@ -166,6 +166,17 @@ def robustness_tables(summary: dict[str, list[dict]]) -> list[str]:
             "calibration error) in points (×100); smoothness divergences (`smooth_*`) as they are.", *lines]
 
 
+def pilot_line(grid: SizeGrid) -> str:
+    """Where the epochs per fraction came from: the pilot's report beside the grid says what its rule gave."""
+    path = report_paths(pilot_dir(grid.base.out_dir))["json"]
+    try:
+        suggested = json.loads(path.read_text(encoding="utf-8"))["epochs_by_fraction"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return f"- epochs per fraction: set by hand (no pilot report at `{path}`)"
+    return (f"- epochs per fraction: the pilot's rule (`{path}`: {BASELINE} alone, the first epoch within "
+            f"{PLATEAU_POINTS} points of its best dev mean) gave `--epochs_by_fraction {suggested}`")
+
+
 def markdown(grid: SizeGrid, results: Results, summary: dict[str, list[dict]], full: FullData | None) -> str:
     runs = [r for rs in points(results, full).values() for r in rs]
     metrics = metric_columns(runs)
@@ -173,11 +184,9 @@ def markdown(grid: SizeGrid, results: Results, summary: dict[str, list[dict]], f
     dev = "the full dev sets" if b.dev_limit is None else f"the first {b.dev_limit} dev examples per task"
     lines = ["# Ablations by training-set size", "",
              "Every run trained on a fraction of each task's training file: a subset drawn by the run's seed, so "
-             "at one seed every row trains on the same examples. Epochs per fraction were fixed before the grid "
-             f"from a baseline-only pilot (the first epoch within {PLATEAU_POINTS} points of the pilot's best dev "
-             f"mean). Dev scores on {dev}, of each run's best epoch (highest dev mean; STS as (r + 1) / 2 in the "
-             "mean), as mean ± sample standard deviation over seeds.", "",
-             *budget_table(grid, results, full), "",
+             f"at one seed every row trains on the same examples. Dev scores on {dev}, of each run's best epoch "
+             "(highest dev mean; STS as (r + 1) / 2 in the mean), as mean ± sample standard deviation over seeds.",
+             "", *budget_table(grid, results, full), "", pilot_line(grid),
              f"- rows: {', '.join(f'{name} (`{GRID[name].describe()}`)' for name in b.configs)}"]
     if b.train_limit is not None:
         lines.append(f"- at most {b.train_limit} examples per task of each subset (--train_limit)")
