@@ -18,8 +18,8 @@ from multitask.ablation.single_run import RunResult
 BY_SIZE_ROWS = ("baseline", "smart", "adversarial", "bregman", "r3f", "rdrop")
 PILOT_EPOCHS = 10
 # The pilot's rule: a fraction's budget is the first epoch whose dev mean (averaged over the pilot's
-# seeds) is within this many points (×100) of the best epoch's. A tenth of a point is below the
-# seed-to-seed spread of every score in this project, so later epochs buy nothing measurable.
+# seeds) is within this many points (×100) of the best epoch's: well under the seed-to-seed spread of
+# the dev mean (results/README.md), so later epochs buy nothing a grid of a few seeds could measure.
 PLATEAU_POINTS = 0.1
 
 Results = dict[float, list[RunResult]]
