@@ -156,9 +156,10 @@ def test_fractions_and_per_fraction_counts_are_parsed_or_refused():
     (["--train_fraction", "0.1", "--full_data", "/no/such.json"], "--full_data /no/such.json: not a readable"),
     (["--train_fraction", "0.1", "--", "--train_fraction", "0.5"], "is set by the ablation runner"),
 ])
-def test_the_runner_refuses_bad_size_flags_in_one_line(capsys, flags, named):
+def test_the_runner_refuses_bad_size_flags_in_one_line(capsys, tmp_path, flags, named):
+    # --report_only into tmp_path: were a flag accepted, nothing would train and nothing under results/ change.
     with pytest.raises(SystemExit) as stopped:
-        ABLATE.main(flags)
+        ABLATE.main(["--report_only", "--out_dir", str(tmp_path / "grid"), *flags])
     message = capsys.readouterr().err
     assert stopped.value.code == 2 and message.count("\n") == 1 and named in message, message
 
@@ -258,6 +259,9 @@ def test_the_grid_runs_every_fraction_measures_each_checkpoint_and_reports(tmp_p
     recorded = finished_by_size(grid)
     assert [(r.config, r.seed, r.robustness) for r in recorded[0.5]] == [
         (r.config, r.seed, r.robustness) for r in results[0.5]]
+    # and the grid resumes from it: the report rewritten after the first fraction keeps the second's records.
+    resumed = run_by_size(grid, quiet, lambda r: by_size.write_reports(grid, r))
+    assert len(calls(fake_classifier)) == 15 and all(r.reused for runs in resumed.values() for r in runs)
     # --report_only rebuilds the summaries from that JSON alone.
     (grid.base.out_dir.parent / "ablations_by_size.md").unlink()
     result = ablate("--train_fraction", "0.25,0.5", "--seeds_by_fraction", "0.25:3", "--seeds", "2",
