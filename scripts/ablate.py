@@ -159,6 +159,9 @@ NOT_IN_PILOT = ("configs", "seeds_by_fraction", "epochs_by_fraction", "robustnes
 
 
 def check_size_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.train_fraction is not None and args.reference is not None:
+        parser.error("--reference belongs to the plain grid; the data-size axis compares each row with baseline at "
+                     "the same fraction: drop --reference")
     if args.train_fraction is None:
         for name in SIZE_ONLY:
             if getattr(args, name):

@@ -155,6 +155,7 @@ def test_fractions_and_per_fraction_counts_are_parsed_or_refused():
     (["--train_fraction", "0.1,1", "--full_data", "results/ablations.json"], "--full_data is fraction 1"),
     (["--train_fraction", "0.1", "--full_data", "/no/such.json"], "--full_data /no/such.json: not a readable"),
     (["--train_fraction", "0.1", "--", "--train_fraction", "0.5"], "is set by the ablation runner"),
+    (["--train_fraction", "0.1", "--reference", "sst=0.5"], "--reference belongs to the plain grid"),
 ])
 def test_the_runner_refuses_bad_size_flags_in_one_line(capsys, tmp_path, flags, named):
     # --report_only into tmp_path: were a flag accepted, nothing would train and nothing under results/ change.
@@ -206,7 +207,15 @@ def test_dev_files_follow_the_run_s_command(tmp_path):
 
 def test_the_grid_runs_every_fraction_measures_each_checkpoint_and_reports(tmp_path, fake_classifier, robustness):
     grid = grid_of(tmp_path, fake_classifier, dev_limit=30)
-    results = run_by_size(grid, quiet, lambda r: by_size.write_reports(grid, r))
+    written = []
+
+    def write(results: dict) -> None:
+        # The report is rewritten after each fraction: a grid killed in its last fraction keeps the others'.
+        written.append({f: len(runs) for f, runs in results.items()})
+        by_size.write_reports(grid, results)
+
+    results = run_by_size(grid, quiet, write)
+    assert written == [{0.25: 9, 0.5: 0}, {0.25: 9, 0.5: 6}]
     assert {f: [(r.config, r.seed, r.status) for r in runs] for f, runs in results.items()} == {
         0.25: [(c, s, "done") for s in (11711, 1, 2) for c in ("baseline", "smart", "r3f")],
         0.5: [(c, s, "done") for s in (11711, 1) for c in ("baseline", "smart", "r3f")]}
