@@ -293,6 +293,16 @@ def test_a_failed_measure_fails_the_run_and_keeps_its_checkpoint(tmp_path, fake_
     assert finished_results(settings) == []
 
 
+def test_a_grid_with_robustness_stops_before_training_when_the_measures_cannot_be_imported(
+        tmp_path, fake_classifier, monkeypatch):
+    monkeypatch.setitem(sys.modules, "multitask.robustness", None)  # what a checkout without the module gives
+    grid = grid_of(tmp_path, fake_classifier)
+    with pytest.raises(GridError, match="--robustness: cannot import multitask.robustness"):
+        run_by_size(grid, quiet, lambda r: None)
+    assert calls(fake_classifier) == []
+    assert run_by_size(grid_of(tmp_path, fake_classifier, robustness=False), quiet, lambda r: None)[0.5]
+
+
 def test_without_robustness_nothing_is_measured(tmp_path, fake_classifier, robustness):
     settings = grid_of(tmp_path, fake_classifier, robustness=False).at(0.5)
     result = run_one(settings, GRID["smart"], 1, None, None, quiet, "t")

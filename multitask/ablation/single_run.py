@@ -251,6 +251,16 @@ def dev_files(command: list[str]) -> dict[str, Path]:
     return {task: settings.data_file(task, "dev") for task in settings.run.tasks}
 
 
+def check_robustness_module() -> None:
+    """Refuse a grid with --robustness before its first run when the measures cannot be imported: each run
+    would otherwise train to the end and then fail."""
+    try:
+        from multitask.robustness import measure_checkpoint  # noqa: F401
+    except ImportError as error:
+        raise GridError(f"--robustness: cannot import multitask.robustness.measure_checkpoint ({error}); use a "
+                        "checkout that has it, or drop --robustness") from None
+
+
 def measure_robustness(settings: GridSettings, command: list[str], directory: Path, seed: int) -> dict[str, float]:
     """multitask.robustness.measure_checkpoint on a finished run's best checkpoint, with the run's seed
     (the same perturbations for every configuration at that seed) and the grid's dev limit."""
