@@ -20,7 +20,7 @@ from minbert.paths import resolve_checkpoint_dir
 from minbert.precision import allow_tf32, precision_choice, resolve_precision
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
-from multitask.data import DataError
+from multitask.data import DataError, Example, training_subset
 from multitask.distributed import (DistEnv, DistributedError, dump_final_state, global_batch_size, load_agreed_state,
                                    make_trainer, reseed_ranks_after_resume, start, stop)
 from multitask.evaluate import overall, predict
@@ -137,7 +137,7 @@ def train_and_predict(settings: Settings, env: DistEnv, device: torch.device) ->
     train_sets, dev_sets = {}, {}
     for task in tasks:
         spec = TASKS[task]
-        examples = spec.read(settings.data_file(task, "train")).examples[: run.train_limit]
+        examples = training_examples(settings, task)
         dev = spec.read(settings.data_file(task, "dev")).examples[: run.dev_limit]
         train_sets[task] = encode_task(examples, tokenizer, spec, model_settings.pair_encoding, model_settings.max_length)
         dev_sets[task] = encode_task(dev, tokenizer, spec, model_settings.pair_encoding, model_settings.max_length)
@@ -217,6 +217,14 @@ def train_and_predict(settings: Settings, env: DistEnv, device: torch.device) ->
         # no use once the run has finished.
         run_state.remove()
         log.info("removed the resume state %s (--keep_resume keeps it)", run_state.directory)
+
+
+def training_examples(settings: Settings, task: str) -> list[Example]:
+    """The task's training rows this run learns from: --train_fraction's subset of the file, then --train_limit."""
+    examples = TASKS[task].read(settings.data_file(task, "train")).examples
+    if settings.run.train_fraction is not None:
+        examples = training_subset(examples, settings.run.train_fraction, settings.train.seed, task)
+    return examples[: settings.run.train_limit]
 
 
 def resolved_train_settings(settings: Settings, device: torch.device, world_size: int) -> TrainSettings:

@@ -6,9 +6,12 @@ import csv
 import io
 import logging
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, TypeVar
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,23 @@ def parse_score_label(raw: str, low: float = 0.0, high: float = 5.0) -> float:
     if not low <= value <= high:
         raise ValueError(f"label {raw.strip()!r} is outside [{low:g}, {high:g}]")
     return value
+
+
+Row = TypeVar("Row")
+
+
+def training_subset(rows: list[Row], fraction: float, seed: int, task: str) -> list[Row]:
+    """round(fraction · len(rows)) of the rows (at least one), drawn without replacement, in file order.
+
+    The draw depends on the seed and the task's name only (crc32, stable across processes, unlike
+    hash()): runs that differ in anything else train on the same rows, so their scores pair up.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction {fraction} is outside (0, 1]")
+    count = max(1, round(fraction * len(rows)))
+    rng = np.random.default_rng([seed, zlib.crc32(task.encode("utf-8"))])
+    chosen = np.sort(rng.choice(len(rows), size=count, replace=False))
+    return [rows[i] for i in chosen]
 
 
 def read_task_file(path: str | Path, task: Task, labelled: bool = True) -> ReadResult:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from minbert.flags import (DefaultsHelpFormatter, FlagError, OneLineErrorParser, add_flags, flag, from_flags,
-                           non_negative_int, positive_int)
+                           non_negative_int, number, positive_int)
 from multitask.model import ModelSettings
 from multitask.predictions import prediction_path
 from multitask.regularizers import RegularizerSettings
@@ -30,6 +30,13 @@ class RunSettings:
                                   "binary movie-review sentiment, an optional fourth task)",
                                   convert=parse_task_names)
     train_limit: int | None = flag(None, "at most N training examples per task", type=positive_int)
+    # The low-resource curve of the ablation runner: every configuration at a seed must train on the
+    # same rows, so the subset depends on the seed and the task only.
+    train_fraction: float | None = flag(None, "train on a random fraction F in (0, 1] of each task's training file: "
+                                              "round(F·N) rows (at least 1) in file order, fixed by --seed and the "
+                                              "task, the same for every configuration; dev sets stay whole; "
+                                              "--train_limit then keeps the first N of them",
+                                        type=number(0.0, 1.0, low_open=True))
     # For quick checks and ablation smoke runs, where scoring the full dev sets would take longer
     # than the training itself.
     dev_limit: int | None = flag(None, "score each epoch on at most N dev examples per task (prediction files stay "

@@ -4,8 +4,12 @@
     python scripts/ablate.py --epochs 2 --train_limit 4000 --seeds 3   # a real grid
     python scripts/ablate.py --configs baseline,r3f -- --batch_size 16 # training flags after --
     python scripts/ablate.py --configs baseline --reference "specialists: sst=S,para=Q,sts=R"  # vs fixed scores
+    python scripts/ablate.py --train_fraction 0.02,0.1,0.3 --pilot                 # baseline's epochs per fraction
+    python scripts/ablate.py --train_fraction 0.02,0.1,0.3 --seeds_by_fraction 0.02:5,0.1:5,0.3:3 \
+        --epochs_by_fraction 0.02:8,0.1:5,0.3:3 --robustness                      # the low-resource curve
 
-Each configuration and seed trains in its own subprocess into <out_dir>/<config>/seed<seed>/;
+Each configuration and seed trains in its own subprocess into <out_dir>/<config>/seed<seed>/ (with
+--train_fraction, <out_dir>/frac<F>/<config>/seed<seed>/);
 rerunning the same command skips finished runs and retries failed ones. The same command with
 --report_only rewrites the summaries from the runs finished so far (e.g. while the grid runs).
 """
@@ -25,11 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minbert.atomic import atomic_path, atomic_write_text  # noqa: E402
 from minbert.flags import OneLineErrorParser, positive_int  # noqa: E402
 from minbert.precision import PRECISIONS  # noqa: E402
-from multitask.ablation import (GRID, MLM_SCRIPT, GridError, GridSettings, RunResult,  # noqa: E402
+from multitask.ablation import (BASELINE, GRID, MLM_SCRIPT, GridError, GridSettings, RunResult,  # noqa: E402
                                 check_extra_args, finished_results, parse_configs, parse_seeds, report_paths,
                                 run_grid)
+from multitask.ablation import by_size  # noqa: E402
+from multitask.ablation.sizes import (BY_SIZE_ROWS, PILOT_EPOCHS, PLATEAU_POINTS, SizeGrid, epochs_flag,  # noqa: E402
+                                      finished_by_size, pilot_grid, pilot_summary, run_by_size, size_grid)
 from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, difference_from,  # noqa: E402
-                                           format_difference, format_stat, mean_std, metric_columns,
+                                           format_difference, format_stat, machine_lines, mean_std, metric_columns,
                                            paired_difference, per_seed, time_ratio)
 from multitask.evaluate import overall  # noqa: E402
 from multitask.tasks import TASKS  # noqa: E402
@@ -43,9 +50,8 @@ QUICK = {"epochs": 1, "train_limit": 64, "seeds": "1", "dev_limit": 200, "skip_p
 # The full budget trains as long as multitask_classifier.py does by default.
 FULL = {"epochs": TrainSettings.epochs, "train_limit": None, "seeds": "11711,1,2", "dev_limit": None,
         "skip_predictions": False, "mlm_steps": 300, "out_dir": Path("results/ablations")}
-
-# The row every other configuration is compared with, seed by seed.
-BASELINE = "baseline"
+# The data-size axis writes elsewhere: its summaries are results/ablations_by_size.{json,md,png}.
+BY_SIZE_OUT = {"full": Path("results/ablations_by_size"), "quick": Path("runs/ablations_by_size_quick")}
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,8 @@ def parse_reference(text: str) -> Reference:
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 usage="%(prog)s [options] [-- training flags for multitask_classifier.py]")
-    p.add_argument("--configs", default=",".join(GRID), help=f"comma list from {','.join(GRID)} (default: all)")
+    p.add_argument("--configs", help=f"comma list from {','.join(GRID)} (default: all; with --train_fraction: "
+                                     f"{','.join(BY_SIZE_ROWS)})")
     p.add_argument("--seeds", help="a count (3 = 11711,1,2) or a comma list; '42,' is the single seed 42 "
                                    f"(default {FULL['seeds']}; --quick: 1)")
     p.add_argument("--epochs", type=positive_int, help=f"epochs per run (default {FULL['epochs']}; --quick: 1)")
@@ -120,7 +127,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run nothing: write the summaries from the runs of this grid that have finished")
     p.add_argument("--quick", action="store_true", help="the whole grid on a tiny budget: 1 epoch, 64 examples per "
                                                         "task, 1 seed, a 10-step MLM stage, no prediction files")
+    p.add_argument("--robustness", action="store_true",
+                   help="measure each finished run's best checkpoint with multitask.robustness (smoothness, typos, "
+                        "deleted words, a word-level attack, calibration; fp32, the run's seed) before it is removed, "
+                        "and keep the measures in the run's record; a run finished without them runs again")
+    size = p.add_argument_group("data-size axis (the low-resource curve)")
+    size.add_argument("--train_fraction", metavar="F[,F...]",
+                      help="run the grid at each fraction F of every task's training file (a subset drawn by the "
+                           "run's seed: the same rows for every row at a seed) into <out_dir>/frac<F>/; the "
+                           f"summaries go to <out_dir>.json/.md/.png (default out_dir {BY_SIZE_OUT['full']})")
+    size.add_argument("--seeds_by_fraction", metavar="F:N,...",
+                      help="N seeds at fraction F (a count as in --seeds: 5 = 11711,1,2,3,4), e.g. 0.02:5,0.1:5,0.3:3; "
+                           "other fractions take --seeds")
+    size.add_argument("--epochs_by_fraction", metavar="F:E,...",
+                      help="E epochs at fraction F, as --pilot reports them; other fractions take --epochs")
+    size.add_argument("--pilot", action="store_true",
+                      help="run only baseline at each fraction for --pilot_epochs, into <out_dir>_pilot, and report "
+                           "the dev mean per epoch and each fraction's budget: the first epoch within "
+                           f"{PLATEAU_POINTS} points of the best (default seeds: 1)")
+    size.add_argument("--pilot_epochs", type=positive_int, default=PILOT_EPOCHS,
+                      help=f"epochs of each pilot run (default {PILOT_EPOCHS})")
+    size.add_argument("--full_data", type=Path, metavar="PATH",
+                      help="the report of a full-data grid with the same rows (e.g. results/ablations.json), shown "
+                           "as fraction 1 with its own budget: read, not rerun")
     return p
+
+
+# Flags of the data-size axis alone, and those the pilot (baseline only, fixed epochs) leaves no room for.
+SIZE_ONLY = ("seeds_by_fraction", "epochs_by_fraction", "pilot", "full_data")
+NOT_IN_PILOT = ("configs", "seeds_by_fraction", "epochs_by_fraction", "robustness", "full_data")
+
+
+def check_size_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.train_fraction is not None and args.reference is not None:
+        parser.error("--reference belongs to the plain grid; the data-size axis compares each row with baseline at "
+                     "the same fraction: drop --reference")
+    if args.train_fraction is None:
+        for name in SIZE_ONLY:
+            if getattr(args, name):
+                parser.error(f"--{name} belongs to the data-size axis; add --train_fraction F[,F...]")
+    elif args.pilot:
+        for name in NOT_IN_PILOT:
+            if getattr(args, name):
+                parser.error(f"--{name} does not apply to --pilot, which runs baseline alone for --pilot_epochs; "
+                             f"drop --{name}, or drop --pilot to run the grid")
 
 
 def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -135,16 +185,40 @@ def settings_from_args(argv: list[str]) -> GridSettings:
     argv, extra = split_extra(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    defaults = QUICK if args.quick else FULL
+    check_size_flags(args, parser)
+    defaults = dict(QUICK if args.quick else FULL)
+    if args.train_fraction is not None:
+        defaults["out_dir"] = BY_SIZE_OUT["quick" if args.quick else "full"]
+        if args.pilot:
+            defaults["seeds"] = "1"
     value = {key: default if getattr(args, key) is None else getattr(args, key) for key, default in defaults.items()}
+    configs = args.configs or ",".join(GRID if args.train_fraction is None else BY_SIZE_ROWS)
     try:
         check_extra_args(extra)
-        return GridSettings(out_dir=value["out_dir"], configs=parse_configs(args.configs),
+        return GridSettings(out_dir=value["out_dir"], configs=parse_configs(configs),
                             seeds=parse_seeds(str(value["seeds"])), epochs=value["epochs"],
                             train_limit=value["train_limit"], dev_limit=value["dev_limit"],
                             skip_predictions=value["skip_predictions"], extra_args=extra, mlm_dir=args.mlm_dir,
                             mlm_steps=value["mlm_steps"], mlm_script=args.mlm_script,
-                            keep_checkpoints=args.keep_checkpoints, precision=args.precision)
+                            keep_checkpoints=args.keep_checkpoints, precision=args.precision,
+                            robustness=args.robustness)
+    except GridError as err:
+        parser.error(str(err))
+
+
+def size_grid_from_args(argv: list[str]) -> tuple[SizeGrid, by_size.FullData | None]:
+    """The data-size grid (the pilot's with --pilot) and the full-data point of the runner's flags."""
+    base = settings_from_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(split_extra(argv)[0])
+    try:
+        grid = size_grid(base, args.train_fraction, args.seeds_by_fraction, args.epochs_by_fraction)
+        if args.pilot:
+            return pilot_grid(grid, args.pilot_epochs), None
+        if args.full_data is not None and 1.0 in grid.fractions:
+            raise GridError("--full_data is fraction 1 from another grid, and --train_fraction runs fraction 1 "
+                            "itself; drop one of them")
+        return grid, None if args.full_data is None else by_size.load_full_data(args.full_data, base.configs)
     except GridError as err:
         parser.error(str(err))
 
@@ -200,17 +274,6 @@ def budget_lines(settings: GridSettings) -> list[str]:
                   f"pretrained by the runner ({b['mlm_steps']} MLM steps, seed {b['seeds'][0]})")
         lines.append(f"- MLM encoder of the mlm rows: {source}")
     return lines
-
-
-def machine_lines(results: Sequence[RunResult]) -> list[str]:
-    """Where the finished runs trained, with their run count and total wall time per machine."""
-    by_machine: dict[str, list[RunResult]] = {}
-    for r in results:
-        if r.status == "done":
-            by_machine.setdefault(r.machine or "not recorded", []).append(r)
-    parts = [f"{machine}: {len(runs)} run{'s' * (len(runs) != 1)}, "
-             f"{sum(r.wall_seconds or 0 for r in runs) / 3600:.1f} h" for machine, runs in by_machine.items()]
-    return [f"- trained on {'; '.join(parts)} (wall time: training, dev scoring and predictions)"] if parts else []
 
 
 def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list[dict],
@@ -338,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     settings = settings_from_args(argv)
     args = build_parser().parse_args(split_extra(argv)[0])
+    if args.train_fraction is not None:
+        return main_by_size(argv, args)
     try:
         if args.report_only:
             results = finished_results(settings)
@@ -347,9 +412,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     paths = write_reports(settings, results, args.reference)
-    if args.report_only:
-        print(f"{len(results)} of {len(settings.configs) * len(settings.seeds)} runs finished; "
-              f"wrote {', '.join(str(p) for p in paths.values())}", flush=True)
+    return finish(results, paths, len(settings.configs) * len(settings.seeds), args.report_only)
+
+
+def main_by_size(argv: list[str], args: argparse.Namespace) -> int:
+    """The grid at each --train_fraction (or its --pilot); the reports are rewritten after each fraction."""
+    grid, full = size_grid_from_args(argv)
+    if args.pilot:
+        def write(results):
+            return by_size.write_pilot_reports(grid, results)
+    else:
+        def write(results):
+            return by_size.write_reports(grid, results, full)
+    try:
+        if args.report_only:
+            by_fraction = finished_by_size(grid)
+        else:
+            by_fraction = run_by_size(grid, lambda line: print(line, flush=True), write)
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    paths = write(by_fraction)
+    if args.pilot:
+        print(f"budget by the pilot's rule: --epochs_by_fraction {epochs_flag(pilot_summary(by_fraction))}",
+              flush=True)
+    planned = sum(len(grid.at(f).configs) * len(grid.at(f).seeds) for f in grid.fractions)
+    return finish([r for f in grid.fractions for r in by_fraction[f]], paths, planned, args.report_only)
+
+
+def finish(results: list[RunResult], paths: dict[str, Path], planned: int, report_only: bool) -> int:
+    """Say what finished and where the summaries went; 1 if a run failed."""
+    if report_only:
+        print(f"{len(results)} of {planned} runs finished; wrote {', '.join(str(p) for p in paths.values())}",
+              flush=True)
         return 0
     failed = [r for r in results if r.status == "failed"]
     reused = sum(r.reused for r in results)
@@ -358,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"{len(failed)} run(s) failed; run the same command again to retry them:", file=sys.stderr)
         for r in failed:
-            print(f"  {r.config} seed {r.seed}: {r.error}", file=sys.stderr)
+            print(f"  {r.config} seed {r.seed} ({r.run_dir}): {r.error}", file=sys.stderr)
         return 1
     return 0
 

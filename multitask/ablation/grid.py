@@ -10,6 +10,8 @@ from multitask.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[2]
 MLM_SCRIPT = REPO / "scripts" / "pretrain_mlm.py"
+# The row every other configuration is compared with, seed by seed.
+BASELINE = "baseline"
 # A lone count N in --seeds means the course's seed first, then 1..N-1: the first run of any grid
 # is then the same run as the README's default command.
 COURSE_SEED = 11711
@@ -42,8 +44,8 @@ GRID: dict[str, Configuration] = {c.name: c for c in (
 
 # The runner sets these per run; letting them through after `--` would make runs of one grid
 # differ in budget, or write into each other's directories.
-RUNNER_FLAGS = ("--epochs", "--seed", "--out_dir", "--train_limit", "--dev_limit", "--skip_predictions", "--precision",
-                "--option", "--predict_only", "--checkpoint",
+RUNNER_FLAGS = ("--epochs", "--seed", "--out_dir", "--train_limit", "--train_fraction", "--dev_limit",
+                "--skip_predictions", "--precision", "--option", "--predict_only", "--checkpoint",
                 *(f"--{task}_{split}_out" for task in TASKS for split in ("dev", "test")))
 
 
@@ -69,13 +71,21 @@ class GridSettings:
     keep_checkpoints: bool = False
     precision: str = "auto"  # passed to every run and to the MLM stage
     python: str = sys.executable
+    train_fraction: float | None = None  # every run trains on this seeded fraction of each training file
+    robustness: bool = False  # measure each finished run's best checkpoint (multitask.robustness)
 
     def budget(self) -> dict:
         """The settings every run shares, as stated above the results table."""
-        return {"epochs": self.epochs, "train_limit": self.train_limit, "dev_limit": self.dev_limit,
-                "seeds": self.seeds, "extra_args": self.extra_args, "predictions": not self.skip_predictions,
-                "mlm_dir": None if self.mlm_dir is None else str(self.mlm_dir),
-                "mlm_steps": self.mlm_steps if self.mlm_dir is None and self.uses_mlm else None}
+        budget = {"epochs": self.epochs, "train_limit": self.train_limit, "dev_limit": self.dev_limit,
+                  "seeds": self.seeds, "extra_args": self.extra_args, "predictions": not self.skip_predictions,
+                  "mlm_dir": None if self.mlm_dir is None else str(self.mlm_dir),
+                  "mlm_steps": self.mlm_steps if self.mlm_dir is None and self.uses_mlm else None}
+        # Only when set: the reports of grids without them stay as they were.
+        if self.train_fraction is not None:
+            budget["train_fraction"] = self.train_fraction
+        if self.robustness:
+            budget["robustness"] = True
+        return budget
 
     @property
     def uses_mlm(self) -> bool:
@@ -122,7 +132,8 @@ def check_extra_args(extra: list[str]) -> None:
         matches = [name] if name in known else [flag for flag in known if flag.startswith(name)]
         if len(matches) == 1 and matches[0] in RUNNER_FLAGS:
             raise GridError(f"training flag {arg!r} after `--` is set by the ablation runner itself; use the "
-                            "runner's own --epochs/--seeds/--train_limit/--dev_limit/--out_dir instead")
+                            "runner's own --epochs/--seeds/--train_limit/--train_fraction/--dev_limit/--out_dir "
+                            "instead")
 
 
 def report_paths(out_dir: Path) -> dict[str, Path]:
@@ -131,6 +142,15 @@ def report_paths(out_dir: Path) -> dict[str, Path]:
     return {ext: out_dir.parent / f"{out_dir.name}.{ext}" for ext in ("json", "md", "png")}
 
 
+def fraction_label(fraction: float) -> str:
+    """0.1 → "0.1", 1.0 → "1": how directories, JSON keys and tables name a training fraction."""
+    return f"{fraction:g}"
+
+
 def run_dir(settings: GridSettings, config: str, seed: int) -> Path:
-    """Where one run of the grid trains and logs: <out_dir>/<config>/seed<seed>."""
-    return settings.out_dir / config / f"seed{seed}"
+    """Where one run of the grid trains and logs: <out_dir>/<config>/seed<seed>, or
+    <out_dir>/frac<F>/<config>/seed<seed> on a fraction of the training data."""
+    base = settings.out_dir
+    if settings.train_fraction is not None:
+        base = base / f"frac{fraction_label(settings.train_fraction)}"
+    return base / config / f"seed{seed}"

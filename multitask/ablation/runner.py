@@ -6,7 +6,7 @@ from typing import Callable
 
 from multitask.ablation.grid import GRID, GridSettings, run_dir
 from multitask.ablation.mlm_stage import mlm_encoder_signature, prepare_mlm_encoder
-from multitask.ablation.single_run import RunResult, finished_result, run_one
+from multitask.ablation.single_run import RunResult, check_robustness_module, finished_result, run_one
 
 
 def finished_results(settings: GridSettings) -> list[RunResult]:
@@ -19,6 +19,8 @@ def finished_results(settings: GridSettings) -> list[RunResult]:
 
 def run_grid(settings: GridSettings, say: Callable[[str], None] = print) -> list[RunResult]:
     """Run every configuration for every seed (seed by seed, so a partial grid still compares all configs)."""
+    if settings.robustness:
+        check_robustness_module()
     configs = [GRID[name] for name in settings.configs]
     mlm_dir = mlm_signature = mlm_error = None
     if settings.uses_mlm:

@@ -117,3 +117,14 @@ def format_stat(stat: Stat, digits: int = 3) -> str:
         return "—"
     text = f"{stat.mean:.{digits}f}"
     return text if stat.std is None else f"{text} ± {stat.std:.{digits}f}"
+
+
+def machine_lines(results: Sequence[RunResult]) -> list[str]:
+    """Where the finished runs trained, with their run count and total wall time per machine."""
+    by_machine: dict[str, list[RunResult]] = {}
+    for r in results:
+        if r.status == "done":
+            by_machine.setdefault(r.machine or "not recorded", []).append(r)
+    parts = [f"{machine}: {len(runs)} run{'s' * (len(runs) != 1)}, "
+             f"{sum(r.wall_seconds or 0 for r in runs) / 3600:.1f} h" for machine, runs in by_machine.items()]
+    return [f"- trained on {'; '.join(parts)} (wall time: training, dev scoring and predictions)"] if parts else []

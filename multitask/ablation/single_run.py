@@ -20,6 +20,9 @@ from multitask.tasks import TASKS
 
 CLASSIFIER = REPO / "multitask_classifier.py"
 DONE = "done.json"
+# How the runner calls measure_checkpoint: fp32 whatever the run trained in, so that runs of one
+# seed measured on machines where --precision auto differs still pair up.
+ROBUSTNESS = {"precision": "fp32", "attack_limit": 500}
 
 
 @dataclass
@@ -42,6 +45,9 @@ class RunResult:
     # The best epoch's mean training loss terms (`loss_sst`, `loss_sst_adversarial`, ...) and each
     # regulariser term's ratio to its task's loss (`ratio_sst_adversarial`): how large the terms were.
     terms: dict[str, float] = field(default_factory=dict)
+    dev_curve: list[float] = field(default_factory=list)  # dev mean after each epoch, for the budget pilot
+    # With the grid's --robustness: multitask.robustness.measure_checkpoint of the best checkpoint.
+    robustness: dict[str, float] = field(default_factory=dict)
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -61,6 +67,8 @@ def build_command(settings: GridSettings, config: Configuration, seed: int, mlm_
                "--seed", str(seed), "--out_dir", str(directory), "--resume", "--precision", settings.precision]
     if settings.train_limit is not None:
         command += ["--train_limit", str(settings.train_limit)]
+    if settings.train_fraction is not None:
+        command += ["--train_fraction", str(settings.train_fraction)]
     if settings.dev_limit is not None:
         command += ["--dev_limit", str(settings.dev_limit)]
     if settings.keep_checkpoints:
@@ -99,6 +107,12 @@ def run_signature(settings: GridSettings, config: Configuration, seed: int, mlm_
                  "train_limit": settings.train_limit, "dev_limit": settings.dev_limit,
                  "skip_predictions": settings.skip_predictions, "extra_args": list(settings.extra_args),
                  "precision": settings.precision, "mlm": mlm_signature if config.uses_mlm else None}
+    # Only when set, so that the records of grids from before these settings still match.
+    if settings.train_fraction is not None:
+        signature["train_fraction"] = settings.train_fraction
+    if settings.robustness:
+        # A run finished without the measures cannot get them later (its checkpoint is gone): it reruns.
+        signature["robustness"] = dict(ROBUSTNESS)
     return json.loads(json.dumps(signature))  # the form it has when read back from done.json
 
 
@@ -144,7 +158,9 @@ def result_from_metrics(config: str, seed: int, directory: Path, records: list[d
                      train_seconds=round(sum(record.get("train_seconds", 0.0) for record in records), 1),
                      wall_seconds=None if wall is None else round(wall, 1), reused=reused,
                      machine=done.get("machine"), signature=done.get("signature"),
-                     terms={key: value for key, value in best.items() if key.startswith(("loss_", "ratio_"))})
+                     terms={key: value for key, value in best.items() if key.startswith(("loss_", "ratio_"))},
+                     dev_curve=[record["dev_mean"] for record in records],
+                     robustness=done.get("robustness", {}))
 
 
 def last_error_line(log_path: Path) -> str:
@@ -227,6 +243,35 @@ def finished_result(settings: GridSettings, config: Configuration, seed: int,
                                done, reused=True)
 
 
+def dev_files(command: list[str]) -> dict[str, Path]:
+    """The dev file of each task a run's classifier command trains, as the classifier resolves them."""
+    from multitask.settings import build_parser, settings_from  # imports torch, as the measures do anyway
+
+    settings = settings_from(build_parser().parse_args(command[2:]))
+    return {task: settings.data_file(task, "dev") for task in settings.run.tasks}
+
+
+def check_robustness_module() -> None:
+    """Refuse a grid with --robustness before its first run when the measures cannot be imported: each run
+    would otherwise train to the end and then fail."""
+    try:
+        from multitask.robustness import measure_checkpoint  # noqa: F401
+    except ImportError as error:
+        raise GridError(f"--robustness: cannot import multitask.robustness.measure_checkpoint ({error}); use a "
+                        "checkout that has it, or drop --robustness") from None
+
+
+def measure_robustness(settings: GridSettings, command: list[str], directory: Path, seed: int) -> dict[str, float]:
+    """multitask.robustness.measure_checkpoint on a finished run's best checkpoint, with the run's seed
+    (the same perturbations for every configuration at that seed) and the grid's dev limit."""
+    from multitask.robustness import measure_checkpoint  # imported only when asked for
+
+    measures = measure_checkpoint(directory / "best", dev_files(command), seed=seed, device="cpu",
+                                  precision=ROBUSTNESS["precision"], dev_limit=settings.dev_limit,
+                                  attack_limit=ROBUSTNESS["attack_limit"])
+    return {key: float(value) for key, value in measures.items()}
+
+
 def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: Path | None,
             mlm_signature: dict | None, say: Callable[[str], None], tag: str) -> RunResult:
     directory = run_dir(settings, config.name, seed)
@@ -253,12 +298,24 @@ def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: P
         say(f"{tag}: FAILED after {wall:.0f} s: {reason} (see {log_path})")
         return RunResult(config.name, seed, "failed", str(directory), wall_seconds=round(wall, 1),
                          error=f"{reason} (log: {log_path})")
+    robustness = {}
+    if settings.robustness:
+        # Before the checkpoint is removed below: it is the only copy of the trained weights.
+        say(f"{tag}: measuring robustness of {directory / 'best'}")
+        try:
+            robustness = measure_robustness(settings, command, directory, seed)
+        except Exception as error:  # any failure of the measures fails this run, not the grid
+            reason = f"robustness measures: {type(error).__name__}: {error}"[:300]
+            say(f"{tag}: FAILED after {wall:.0f} s: {reason} (the checkpoint is kept in {directory / 'best'})")
+            return RunResult(config.name, seed, "failed", str(directory), wall_seconds=round(wall, 1), error=reason)
     if not settings.keep_checkpoints:
         # An encoder copy per run adds up over a grid; the scores and predictions are what an
         # ablation keeps. (The classifier itself removes the finished run's resume state.)
         shutil.rmtree(directory / "best", ignore_errors=True)
     done = {"signature": signature, "command": command, "wall_seconds": round(wall, 1),
             "machine": machine_description(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if settings.robustness:
+        done["robustness"] = robustness
     atomic_write_text(directory / DONE, json.dumps(done, indent=2))
     result = result_from_metrics(config.name, seed, directory, records, done, reused=False)
     say(f"{tag}: done in {wall:.0f} s, dev mean {result.dev_mean:.3f}")
