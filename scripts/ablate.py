@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from minbert.atomic import atomic_path, atomic_write_text  # noqa: E402
+from minbert.atomic import atomic_write_text  # noqa: E402
 from minbert.flags import OneLineErrorParser, positive_int  # noqa: E402
 from minbert.precision import PRECISIONS  # noqa: E402
 from multitask.ablation import (BASELINE, GRID, MLM_SCRIPT, GridError, GridSettings, RunResult,  # noqa: E402
@@ -35,9 +34,9 @@ from multitask.ablation import (BASELINE, GRID, MLM_SCRIPT, GridError, GridSetti
 from multitask.ablation import by_size  # noqa: E402
 from multitask.ablation.sizes import (BY_SIZE_ROWS, PILOT_EPOCHS, PLATEAU_POINTS, SizeGrid, epochs_flag,  # noqa: E402
                                       finished_by_size, pilot_grid, pilot_summary, run_by_size, size_grid)
-from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, difference_from,  # noqa: E402
+from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, closing_lines, difference_from,  # noqa: E402
                                            format_difference, format_stat, machine_lines, mean_std, metric_columns,
-                                           paired_difference, per_seed, time_ratio)
+                                           paired_difference, per_seed, save_figure, time_ratio)
 from multitask.evaluate import overall  # noqa: E402
 from multitask.tasks import TASKS  # noqa: E402
 from multitask.train import TrainSettings  # noqa: E402
@@ -324,13 +323,7 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
         for row in summary:
             lines.append(f"| {row['config']} | {row['runs']} | "
                          + " | ".join(format_difference(row["vs_reference"][key]) for key, _ in held) + " |")
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        lines += ["", "Failed runs (the same command retries them; finished runs are not run again):", ""]
-        lines += [f"- {r.config}, seed {r.seed}: {r.error}" for r in failed]
-    lines += ["", "The default encoder, all-MiniLM-L6-v2, was contrastively trained on data that includes Quora "
-              "duplicate pairs: Quora scores are optimistic in absolute terms, comparisons between rows stay fair.",
-              "", f"Written {time.strftime('%Y-%m-%d %H:%M')} by `scripts/ablate.py`."]
+    lines += closing_lines([f"{r.config}, seed {r.seed}: {r.error}" for r in results if r.status == "failed"])
     return "\n".join(lines) + "\n"
 
 
@@ -373,9 +366,7 @@ def plot(path: Path, settings: GridSettings, summary: list[dict], metrics: list[
     fig.suptitle(f"dev score minus {against}, mean and {CONFIDENCE:.0%} t-interval over "
                  f"{len(b['seeds'])} seed(s); {b['epochs']} epoch(s), {limit}", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_reports(settings: GridSettings, results: Sequence[RunResult],

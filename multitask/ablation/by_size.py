@@ -8,10 +8,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
-from minbert.atomic import atomic_path, atomic_write_text
+from minbert.atomic import atomic_write_text
 from multitask.ablation.grid import BASELINE, GRID, GridError, fraction_label, report_paths
 from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, format_difference, format_stat,
-                                           machine_lines, mean_std, metric_columns, paired_difference, per_seed)
+                                           closing_lines, machine_lines, mean_std, metric_columns, paired_difference,
+                                           per_seed, save_figure)
 from multitask.ablation.single_run import RunResult
 from multitask.ablation.sizes import PLATEAU_POINTS, Results, SizeGrid, epochs_flag, pilot_dir, pilot_summary
 
@@ -199,12 +200,7 @@ def markdown(grid: SizeGrid, results: Results, summary: dict[str, list[dict]], f
     lines += [*machine_lines([r for rs in results.values() for r in rs]), "", *score_tables(summary, metrics),
               *robustness_tables(summary)]
     failed = [r for rs in results.values() for r in rs if r.status == "failed"]
-    if failed:
-        lines += ["", "Failed runs (the same command retries them; finished runs are not run again):", ""]
-        lines += [f"- {r.config}, seed {r.seed}, {r.run_dir}: {r.error}" for r in failed]
-    lines += ["", "The default encoder, all-MiniLM-L6-v2, was contrastively trained on data that includes Quora "
-              "duplicate pairs: Quora scores are optimistic in absolute terms, comparisons between rows stay fair.",
-              "", f"Written {time.strftime('%Y-%m-%d %H:%M')} by `scripts/ablate.py`."]
+    lines += closing_lines([f"{r.config}, seed {r.seed}, {r.run_dir}: {r.error}" for r in failed])
     return "\n".join(lines) + "\n"
 
 
@@ -239,9 +235,7 @@ def plot(path: Path, summary: dict[str, list[dict]], metrics: list[tuple[str, st
     fig.suptitle(f"dev score minus {BASELINE} (same seed, same rows), mean and {CONFIDENCE:.0%} t-interval over "
                  "seeds", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_reports(grid: SizeGrid, results: Results, full: FullData | None = None) -> dict[str, Path]:
@@ -310,9 +304,7 @@ def pilot_plot(path: Path, summary: dict[str, dict]) -> None:
     ax.set_title(f"{BASELINE} pilot: dev mean per epoch\nsquares: the budget (first epoch within {PLATEAU_POINTS} "
                  "points of the best)", fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_pilot_reports(pilot: SizeGrid, results: Results) -> dict[str, Path]:

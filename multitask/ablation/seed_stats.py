@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -128,3 +129,26 @@ def machine_lines(results: Sequence[RunResult]) -> list[str]:
     parts = [f"{machine}: {len(runs)} run{'s' * (len(runs) != 1)}, "
              f"{sum(r.wall_seconds or 0 for r in runs) / 3600:.1f} h" for machine, runs in by_machine.items()]
     return [f"- trained on {'; '.join(parts)} (wall time: training, dev scoring and predictions)"] if parts else []
+
+
+def closing_lines(failed_runs: Sequence[str]) -> list[str]:
+    """The end of a grid report: the failed runs (one line each, already formatted), the Quora caveat, the author."""
+    lines = []
+    if failed_runs:
+        lines += ["", "Failed runs (the same command retries them; finished runs are not run again):", ""]
+        lines += [f"- {line}" for line in failed_runs]
+    lines += ["", "The default encoder, all-MiniLM-L6-v2, was contrastively trained on data that includes Quora "
+              "duplicate pairs: Quora scores are optimistic in absolute terms, comparisons between rows stay fair.",
+              "", f"Written {time.strftime('%Y-%m-%d %H:%M')} by `scripts/ablate.py`."]
+    return lines
+
+
+def save_figure(fig, path) -> None:
+    """Write a matplotlib figure as PNG through a temporary file, then close it."""
+    import matplotlib.pyplot as plt
+
+    from minbert.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
