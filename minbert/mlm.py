@@ -9,12 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minbert.config import BertConfig
 from minbert.errors import CheckpointError
-from minbert.layers import activation
+from minbert.hub import resolve_checkpoint_dir
 from minbert.masking import IGNORE_INDEX
-from minbert.model import BertModel
-from minbert.paths import resolve_checkpoint_dir
+from minbert.model import BertConfig, BertModel, activation
 from minbert.weights import find_weight_file, read_tensors, split_checkpoint
 
 log = logging.getLogger(__name__)

@@ -1,25 +1,276 @@
-"""BertModel: embeddings, a stack of transformer layers and the pooler, loadable from BERT checkpoints."""
+"""The BERT encoder in one file: config, embeddings, self-attention, transformer layer, pooler, loading.
+
+Read top to bottom: `BertConfig` (config.json's fields), `Linear`, `BertEmbeddings`, multi-head
+self-attention (`eager` is the textbook softmax(QKᵀ/√d + mask)·V, `sdpa` torch's fused kernel), one
+post-norm transformer layer, the layer stack, the pooler, and `BertModel` with `from_pretrained`.
+Weight-name mapping lives in minbert.weights, unpadding in minbert.packing.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from minbert.atomic import atomic_write_text
-from minbert.attention import additive_attention_mask
-from minbert.config import BertConfig
-from minbert.embeddings import BertEmbeddings
-from minbert.layers import BertLayer, BertPooler
+from minbert.dropout import Dropout
+from minbert.dropout import dropout as masked_dropout
+from minbert.errors import CheckpointError
+from minbert.hub import resolve_checkpoint_dir
 from minbert.packing import Packing
-from minbert.paths import resolve_checkpoint_dir
+from minbert.plumbing.atomic import atomic_write_text
 from minbert.weights import (check_sizes, find_weight_file, hf_to_minbert, minbert_to_hf, read_tensors,
                              save_tensors, split_checkpoint)
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+         "max_position_embeddings", "type_vocab_size")
+# (field, lowest allowed, first value not allowed)
+RATES = (("hidden_dropout_prob", 0.0, 1.0), ("attention_probs_dropout_prob", 0.0, 1.0),
+         ("initializer_range", 0.0, float("inf")), ("layer_norm_eps", 1e-30, 1.0))
+
+
+@dataclass
+class BertConfig:
+    """Shape and regularisation of a BERT encoder; field names follow config.json."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    # Not part of the checkpoint's meaning: "sdpa" (fused kernel) or "eager" (the plain math).
+    attn_implementation: str = "sdpa"
+    # Also run-time only: skip pad positions in the position-wise layers (see minbert.packing).
+    unpad_inputs: bool = False
+
+    def __post_init__(self) -> None:
+        # Types and ranges first: a config.json with "hidden_size": "384" or a layer count of -1
+        # should be named as such, not surface as an arithmetic error somewhere inside a layer.
+        for name in SIZES:
+            value = getattr(self, name)
+            if not _is_integer(value) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not _is_integer(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id must be an integer in 0..vocab_size-1, got {self.pad_token_id!r}")
+        for name, low, high in RATES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+                raise ValueError(f"{name} must be a number in [{low:g}, {high:g}), got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
+        if self.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation {self.attn_implementation!r} is not one of "
+                             f"{ATTENTION_IMPLEMENTATIONS}")
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_json_file(cls, path: str | Path, **overrides) -> "BertConfig":
+        """Read config.json, keeping the fields this encoder uses; `overrides` win over the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: config.json not found in the checkpoint directory")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: not a valid JSON config ({err})") from err
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{path}: expected a JSON object")
+        model_type = raw.get("model_type", "bert")
+        if model_type != "bert":
+            raise CheckpointError(f"{path}: model_type is {model_type!r}; only BERT checkpoints load here")
+        embedding_type = raw.get("position_embedding_type", "absolute")
+        if embedding_type != "absolute":
+            raise CheckpointError(f"{path}: position_embedding_type {embedding_type!r} is not supported "
+                                  "(only 'absolute')")
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known}
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: {err}") from err
+
+    def to_dict(self) -> dict:
+        """The config.json content, readable by Hugging Face `transformers` as a BertModel config."""
+        values = dataclasses.asdict(self)
+        values.pop("attn_implementation")
+        values.pop("unpad_inputs")
+        return {"architectures": ["BertModel"], "model_type": "bert",
+                "position_embedding_type": "absolute", **values}
+
+
+def _is_integer(value) -> bool:
+    """An int from JSON, not a bool (which Python counts as one) nor a float such as 6.0."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class Linear(nn.Linear):
+    """nn.Linear, except under autocast with autograd off (evaluation, prediction).
+
+    Autocast casts the fp32 weights to bf16 again at every call that enters a new autocast
+    region, and an evaluation of many batches enters one per batch, each paying the cast of all
+    the encoder's weights again. Here the cast copy is kept and reused while the
+    weights are the same tensors at the same version (any in-place update, such as an optimiser
+    step or loading a state dict, bumps the version and forces a new cast). With autograd on,
+    autocast's own per-step cache does this job, so training takes the ordinary path.
+    """
+
+    _cast: tuple | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device_type = x.device.type
+        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device_type):
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype(device_type)
+        key = (dtype, self.weight.data_ptr(), self.weight._version,
+               None if self.bias is None else (self.bias.data_ptr(), self.bias._version))
+        if self._cast is None or self._cast[0] != key:
+            bias = None if self.bias is None else self.bias.to(dtype)
+            self._cast = (key, self.weight.to(dtype), bias)
+        _, weight, bias = self._cast
+        with torch.autocast(device_type, enabled=False):
+            return F.linear(x.to(dtype), weight, bias)
+
+
+def activation(name: str):
+    """The feed-forward non-linearity named in config.json."""
+    if name == "gelu":
+        return F.gelu  # the exact erf form, as BERT's "gelu"
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class BertEmbeddings(nn.Module):
+    """Maps token ids (and segment ids) to the input vectors of the first transformer layer."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.max_positions = config.max_position_embeddings
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        length = input_ids.shape[1]
+        if length > self.max_positions:
+            raise ValueError(f"sequence length {length} exceeds the model's {self.max_positions} positions; "
+                             "truncate the input (the tokenizer's max_length does)")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        positions = torch.arange(length, device=input_ids.device)
+        embeddings = (self.word_embeddings(input_ids)
+                      + self.token_type_embeddings(token_type_ids)
+                      + self.position_embeddings(positions))
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class BertSelfAttention(nn.Module):
+    """Self-attention over a padded batch; `additive_mask` is 0 on real keys, very negative on pads."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        # One [3H, H] matmul instead of three [H, H] ones; the rows are query, key, value in order.
+        self.qkv = Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.implementation = config.attn_implementation
+
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor,
+                packing: Packing | None = None) -> torch.Tensor:
+        """hidden is [B, T, H], or the packed [N, H] real tokens when `packing` is given."""
+        qkv = self.qkv(hidden)
+        if packing is not None:
+            qkv = packing.to_grid(qkv)  # attention mixes positions: back to a padded grid
+        batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        # [B, T, 3, heads, d] -> three tensors of [B, heads, T, d]
+        q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
+        dropout = self.dropout_prob if self.training else 0.0
+        # On the CPU, torch's fused kernel has no dropout: with dropout it falls back to a generic
+        # path that upcasts bf16 softmax to fp32, slower and larger than the explicit computation
+        # (measured in results/README.md).
+        if self.implementation == "eager" or (dropout > 0 and q.device.type == "cpu"):
+            context = eager_attention(q, k, v, additive_mask, dropout)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask, dropout_p=dropout)
+        context = context.transpose(1, 2).reshape(batch, length, width)
+        return context if packing is None else packing.from_grid(context)
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor,
+                    dropout: float) -> torch.Tensor:
+    """softmax(QKᵀ/√d + mask)·V with dropout on the attention probabilities."""
+    # Scaling q ([B, h, T, d]) rather than the scores ([B, h, T, T]) is the same product, cheaper.
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2)
+    # In the scores' dtype: an fp32 mask would promote bf16 scores (under autocast) to fp32.
+    scores = scores + additive_mask.to(scores.dtype)
+    probs = torch.softmax(scores, dim=-1)
+    probs = masked_dropout(probs, dropout, training=dropout > 0)
+    return probs @ v
+
+
+def additive_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T] mask of 1 (real) / 0 (pad) to a [B, 1, 1, T] bias added to attention scores."""
+    # The dtype's most negative finite value, not -inf: a row of all pads then stays finite.
+    blocked = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    return blocked
+
+
+class AddNorm(nn.Module):
+    """LayerNorm(residual + dropout(dense(x))): the sub-layer output of a post-norm transformer."""
+
+    def __init__(self, in_size: int, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = Linear(in_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + self.dropout(self.dense(x)))
+
+
+class BertLayer(nn.Module):
+    """Self-attention then a position-wise feed-forward block, each wrapped in add & norm."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.attention = BertSelfAttention(config)
+        self.attention_output = AddNorm(config.hidden_size, config)
+        self.intermediate = Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+        self.output = AddNorm(config.intermediate_size, config)
+
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor,
+                packing: Packing | None = None) -> torch.Tensor:
+        attended = self.attention_output(self.attention(hidden, additive_mask, packing), hidden)
+        return self.output(self.act(self.intermediate(attended)), attended)
 
 
 class BertEncoderStack(nn.Module):
@@ -34,6 +285,20 @@ class BertEncoderStack(nn.Module):
         for layer in self.layer:
             hidden = layer(hidden, additive_mask, packing)
         return hidden
+
+
+class BertPooler(nn.Module):
+    """tanh(dense(h[CLS])): the sentence vector BERT was pretrained to use."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class BertModel(nn.Module):

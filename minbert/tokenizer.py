@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
 from minbert.errors import CheckpointError
-from minbert.paths import resolve_checkpoint_dir
+from minbert.hub import resolve_checkpoint_dir
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from minbert.atomic import atomic_path
-from minbert.config import BertConfig
 from minbert.errors import CheckpointError
+from minbert.plumbing.atomic import atomic_path
+
+if TYPE_CHECKING:  # a type only: minbert.model imports this module
+    from minbert.model import BertConfig
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Buffers some checkpoints carry; they are recomputed, never learned.

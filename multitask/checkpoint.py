@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from minbert import BertModel, CheckpointError
-from minbert.atomic import atomic_write_text, replaced_directory
+from minbert.plumbing.atomic import atomic_write_text, replaced_directory
 from minbert.weights import read_tensors, save_tensors
 from multitask.model import MultitaskBert
 

@@ -12,12 +12,11 @@ from pathlib import Path
 import torch
 
 from minbert import BertModel, CheckpointError, load_tokenizer
-from minbert.config import BertConfig
-from minbert.flags import FlagError
-from minbert.hub import is_hub_id
-from minbert.memory import release_free_memory
-from minbert.paths import resolve_checkpoint_dir
-from minbert.precision import allow_tf32, precision_choice, resolve_precision
+from minbert.hub import is_hub_id, resolve_checkpoint_dir
+from minbert.model import BertConfig
+from minbert.plumbing.flags import FlagError
+from minbert.plumbing.memory import release_free_memory
+from minbert.plumbing.precision import allow_tf32, precision_choice, resolve_precision
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.data import DataError, Example, training_subset
@@ -27,14 +26,14 @@ from multitask.evaluate import overall, predict
 from multitask.mask_check import check_dropout_replay, shares_dropout_masks
 from multitask.model import MIN_LENGTH, MultitaskBert
 from multitask.predictions import PredictionFile, write_predictions
-from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
+from multitask.regularizers import Regularizers, RegularizerSettings, new_weight_average
 from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
 from multitask.run_lock import RunLockError, hold_output_locks
 from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.settings import RunSettings, Settings, build_parser, settings_from
 from multitask.submission import score_dev_predictions
-from multitask.throughput import PEAK_SIZE, matmul_peak
 from multitask.tasks import TASKS
+from multitask.throughput import PEAK_SIZE, matmul_peak
 from multitask.train import DEFAULT_LR, ESTIMATE_AFTER_STEPS, TrainingAborted, TrainSettings, format_epoch
 from smart import WeightAverage
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from minbert.precision import autocast
+from minbert.plumbing.precision import autocast
 from multitask.batching import EncodedTask, restore_order, sorted_batches
 from multitask.model import MultitaskBert
 from multitask.runtime import show_progress, to_device

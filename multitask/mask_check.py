@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from minbert.precision import autocast
+from minbert.plumbing.precision import autocast
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings
 from multitask.runtime import DeviceError

@@ -11,7 +11,7 @@ from torch import nn
 
 from minbert import BertModel
 from minbert.dropout import Dropout
-from minbert.flags import flag, integer, probability
+from minbert.plumbing.flags import flag, integer, probability
 from multitask.tasks import COURSE_TASKS, TASKS
 
 POOLINGS = ("cls", "mean")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from minbert.atomic import atomic_write_bytes
+from minbert.plumbing.atomic import atomic_write_bytes
 from multitask.data import DataError
 from multitask.tasks import TASKS, Task
 

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from minbert.flags import flag, non_negative, positive, positive_int, probability
+from minbert.plumbing.flags import flag, non_negative, positive, positive_int, probability
 from multitask.model import MultitaskBert
 from multitask.tasks import TASKS, parse_task_names
 from smart import DropoutReplay, WeightAverage, bregman_loss, divergence, r3f_loss, smoothness_loss

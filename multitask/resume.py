@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from minbert import CheckpointError
-from minbert.atomic import atomic_path
+from minbert.plumbing.atomic import atomic_path
 from minbert.weights import read_tensors, save_tensors
 from multitask.train import Trainer
 from smart import WeightAverage

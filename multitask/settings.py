@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from minbert.flags import (DefaultsHelpFormatter, FlagError, OneLineErrorParser, add_flags, flag, from_flags,
-                           non_negative_int, number, positive_int)
+from minbert.plumbing.flags import (DefaultsHelpFormatter, FlagError, OneLineErrorParser, add_flags, flag,
+                                    from_flags, non_negative_int, number, positive_int)
 from multitask.model import ModelSettings
 from multitask.predictions import prediction_path
 from multitask.regularizers import RegularizerSettings

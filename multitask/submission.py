@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from minbert.atomic import atomic_path
+from minbert.plumbing.atomic import atomic_path
 from multitask.data import ReadResult
 from multitask.evaluate import overall
 from multitask.predictions import PredictionFile, PredictionFileError, prediction_path, read_predictions

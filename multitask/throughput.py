@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from minbert.config import BertConfig
+from minbert.model import BertConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # A square matmul large enough to run at the machine's rate, small enough to time in a second.

@@ -29,16 +29,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import minbert.attention  # noqa: E402
+import minbert.model  # noqa: E402
 import minbert.dropout  # noqa: E402
 from minbert import BertModel, load_tokenizer  # noqa: E402
+from minbert.hub import default_checkpoint_dir  # noqa: E402
 from minbert.optimizer import AdamW  # noqa: E402
-from minbert.paths import default_checkpoint_dir  # noqa: E402
-from minbert.precision import autocast, resolve_precision  # noqa: E402
+from minbert.plumbing.precision import autocast, resolve_precision  # noqa: E402
 from multitask.batching import compare_padding, encode_task  # noqa: E402
-from multitask.tasks import CFIMDB, PARA, SST, STS  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average  # noqa: E402
+from multitask.tasks import CFIMDB, PARA, SST, STS  # noqa: E402
 from multitask.throughput import matmul_peak  # noqa: E402
 from multitask.train import StepLoss  # noqa: E402
 
@@ -191,7 +191,7 @@ def torch_dropout() -> Iterator[None]:
         return F.dropout(x, p, training=training)
 
     with mock.patch.object(minbert.dropout, "dropout", torch_masks), \
-            mock.patch.object(minbert.attention, "masked_dropout", torch_masks):
+            mock.patch.object(minbert.model, "masked_dropout", torch_masks):
         yield
 
 
@@ -342,7 +342,7 @@ def main() -> None:
               "regulariser_memory": memory_table(list(REGULARISED), regularised_length)}
     print_report(report)
     if args.json:
-        from minbert.atomic import atomic_write_text
+        from minbert.plumbing.atomic import atomic_write_text
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
 
 

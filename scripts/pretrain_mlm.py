@@ -24,16 +24,16 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minbert import CheckpointError, load_tokenizer  # noqa: E402
-from minbert.atomic import atomic_write_text, replaced_directory  # noqa: E402
 from minbert.corpus import dedupe, split_held_out, tokenise_and_pack  # noqa: E402
-from minbert.flags import (DefaultsHelpFormatter, OneLineErrorParser, add_flags, from_flags, integer,  # noqa: E402
-                           number, seed)
+from minbert.plumbing.atomic import atomic_write_text, replaced_directory  # noqa: E402
+from minbert.plumbing.flags import (DefaultsHelpFormatter, OneLineErrorParser, add_flags,  # noqa: E402
+                                    from_flags, integer, number, seed)
+from minbert.hub import resolve_checkpoint_dir  # noqa: E402
 from minbert.masking import MaskingVocab  # noqa: E402
-from minbert.paths import resolve_checkpoint_dir  # noqa: E402
-from minbert.precision import allow_tf32, precision_choice  # noqa: E402
 from minbert.mlm import BertForMaskedLM  # noqa: E402
 from minbert.mlm_training import MLMSettings, MLMTrainer, MLMTrainingAborted  # noqa: E402
-from minbert.progress import DEFAULT_INTERVAL  # noqa: E402
+from minbert.plumbing.precision import allow_tf32, precision_choice  # noqa: E402
+from minbert.plumbing.progress import DEFAULT_INTERVAL  # noqa: E402
 from multitask.corpus import pretraining_texts, training_files  # noqa: E402
 from multitask.data import DataError  # noqa: E402
 from multitask.runtime import DeviceError, pick_device, seed_everything, show_progress  # noqa: E402

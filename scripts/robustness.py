@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minbert import CheckpointError  # noqa: E402
-from minbert.atomic import atomic_write_text  # noqa: E402
-from minbert.flags import OneLineErrorParser, integer  # noqa: E402
+from minbert.plumbing.atomic import atomic_write_text  # noqa: E402
+from minbert.plumbing.flags import OneLineErrorParser, integer  # noqa: E402
 from multitask.checkpoint import RUN_FILE  # noqa: E402
 from multitask.data import DataError  # noqa: E402
 from multitask.robustness import measure_checkpoint  # noqa: E402

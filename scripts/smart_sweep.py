@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from minbert.atomic import atomic_write_text  # noqa: E402
-from minbert.flags import OneLineErrorParser  # noqa: E402
-from minbert.precision import PRECISION_HELP, PRECISIONS  # noqa: E402
-from minbert.progress import format_loss  # noqa: E402
+from minbert.plumbing.atomic import atomic_write_text  # noqa: E402
+from minbert.plumbing.flags import OneLineErrorParser  # noqa: E402
+from minbert.plumbing.precision import PRECISION_HELP, PRECISIONS  # noqa: E402
+from minbert.plumbing.progress import format_loss  # noqa: E402
 from multitask.ablation import GridError, GridSettings, RunResult, finished_results, parse_seeds, run_grid  # noqa: E402
 from multitask.ablation.grid import report_paths  # noqa: E402
 from multitask.ablation.seed_stats import (format_difference, format_stat, mean_std, metric_columns,  # noqa: E402

@@ -19,7 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def checkpoint_dir() -> Path:
-    from minbert.paths import default_checkpoint_dir
+    from minbert.hub import default_checkpoint_dir
     return default_checkpoint_dir()
 
 

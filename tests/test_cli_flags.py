@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from minbert.paths import default_checkpoint_dir
+from minbert.hub import default_checkpoint_dir
 from multitask.cli import main, open_run_state
-from multitask.settings import build_parser, parse
 from multitask.resume import FORMAT, NEUTRAL_FLAGS, PATH_SUFFIXES, STATE_DIR, STATE_FILE
+from multitask.settings import build_parser, parse
 from tests.test_pipeline import SEED, data_args, output_args, refused_flags, write_tiny_course_files
 
 BASE = ["--option", "finetune", "--epochs", "2", "--batch_size", "8", "--seed", SEED, "--device", "cpu",

@@ -19,7 +19,7 @@ import torch.multiprocessing
 from safetensors.torch import load_file
 
 from minbert import BertModel, CheckpointError
-from minbert.paths import default_checkpoint_dir
+from minbert.hub import default_checkpoint_dir
 from multitask.cli import main, open_run_state
 from multitask.distributed import DUMP_ENV, DistEnv, DistributedError, global_batch_size, shard
 from multitask.resume import FORMAT

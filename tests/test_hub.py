@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minbert import BertModel, CheckpointError, hub, load_tokenizer, paths
-from minbert.paths import resolve_checkpoint_dir
+from minbert import BertModel, CheckpointError, hub, load_tokenizer
+from minbert.hub import resolve_checkpoint_dir
 from multitask.cli import check_settings, main
 from multitask.settings import parse
 from tests.test_pipeline import data_args, write_tiny_course_files
@@ -73,7 +73,7 @@ def test_an_id_not_in_the_offline_cache_is_a_one_line_error_naming_it(offline_ca
 @pytest.mark.parametrize("name", ["./nowhere", "/no/such/model", "~/nowhere", "runs/mlm/best", "with space",
                                   "back\\slash"])
 def test_a_missing_path_is_not_looked_up_on_the_hub(monkeypatch, name):
-    monkeypatch.setattr(paths, "hub_snapshot", lambda _: pytest.fail("a path went to the Hub"))
+    monkeypatch.setattr(hub, "hub_snapshot", lambda _: pytest.fail("a path went to the Hub"))
     assert hub.looks_like_path(name) and not hub.is_hub_id(name)
     with pytest.raises(CheckpointError, match="checkpoint directory not found"):
         resolve_checkpoint_dir(name)

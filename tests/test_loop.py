@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from minbert import BertModel
-from minbert.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups
 from minbert.mlm import BertForMaskedLM
-from minbert.optimizer import is_decayed
 from minbert.mlm_training import MLMTrainingAborted
+from minbert.optimizer import is_decayed
+from minbert.plumbing.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups
 from multitask.ablation import read_metrics
 from multitask.model import MultitaskBert
 from multitask.train import TrainingAborted, build_optimizer

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from minbert import BertModel
-from minbert.precision import resolve_precision
+from minbert.plumbing.precision import resolve_precision
 from multitask.cli import check_regularizer_flags, main
-from multitask.settings import parse
 from multitask.predictions import read_predictions
+from multitask.settings import parse
 from multitask.train import TIMING_KEYS
 from tests.conftest import read_column
 

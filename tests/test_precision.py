@@ -9,11 +9,12 @@ import types
 import pytest
 import torch
 
-from minbert import BertModel, load_tokenizer, precision
-from minbert.precision import autocast, choose_precision, precision_choice, resolve_precision, tf32_applies
+from minbert import BertModel, load_tokenizer
+from minbert.plumbing import precision
+from minbert.plumbing.precision import autocast, choose_precision, precision_choice, resolve_precision, tf32_applies
 from multitask.cli import banner
 from multitask.model import MultitaskBert
-from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
+from multitask.regularizers import Regularizers, RegularizerSettings, new_weight_average
 from multitask.settings import parse
 from multitask.train import Trainer, TrainSettings
 from tests.conftest import read_column
@@ -165,7 +166,7 @@ def test_bf16_encoder_is_within_bf16_tolerance_of_fp32(unpad, data_dir):
 
 
 def test_linear_reuses_its_bf16_weights_only_while_they_are_unchanged():
-    from minbert.linear import Linear
+    from minbert.model import Linear
     torch.manual_seed(0)
     layer, x = Linear(8, 4), torch.randn(3, 8)
     with torch.no_grad(), autocast(CPU, "bf16"):

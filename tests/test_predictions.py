@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from minbert import atomic
+from minbert.plumbing import atomic
 from multitask.data import DataError
 from multitask.predictions import (PredictionFileError, prediction_path, read_predictions,
                                    write_predictions)

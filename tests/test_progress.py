@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from minbert.progress import ProgressReporter, format_duration, last_progress, newest_progress
+from minbert.plumbing.progress import ProgressReporter, format_duration, last_progress, newest_progress
 from multitask.ablation import run_logged
 from tests.test_nonfinite_steps import trainer_with
 

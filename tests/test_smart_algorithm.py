@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from minbert import BertModel, load_tokenizer
-from minbert.precision import autocast
-from minbert.progress import ProgressReporter, format_loss
+from minbert.plumbing.precision import autocast
+from minbert.plumbing.progress import ProgressReporter, format_loss
 from multitask.batching import encode_task
 from multitask.model import MultitaskBert
-from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
+from multitask.regularizers import Regularizers, RegularizerSettings, new_weight_average
 from multitask.tasks import COURSE_TASKS, TASKS
 from multitask.train import EpochRecord, StepLoss, format_epoch
 from smart import DropoutReplay, divergence

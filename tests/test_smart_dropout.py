@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from minbert import BertModel, load_tokenizer
-from minbert.precision import autocast
+from minbert.plumbing.precision import autocast
 from multitask.batching import encode_task
-from multitask.tasks import SST
 from multitask.model import MultitaskBert
-from multitask.regularizers import RegularizerSettings, Regularizers
+from multitask.regularizers import Regularizers, RegularizerSettings
+from multitask.tasks import SST
 from multitask.train import StepLoss
 from smart import DropoutReplay
 from tests.test_pipeline import DATA

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from minbert import BertConfig, BertModel
-from minbert.flags import FlagError
-from multitask.settings import build_parser, settings_from
+from minbert.plumbing.flags import FlagError
 from multitask.evaluate import overall
 from multitask.model import MultitaskBert
 from multitask.predictions import read_predictions, write_predictions
+from multitask.settings import build_parser, settings_from
 from multitask.tasks import CFIMDB, PARA, SST, STS, TASKS, Task
 
 

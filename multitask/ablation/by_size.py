@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
-from minbert.atomic import atomic_write_text
+from minbert.plumbing.atomic import atomic_write_text
 from multitask.ablation.grid import BASELINE, GRID, GridError, fraction_label, report_paths
 from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, format_difference, format_stat,
                                            closing_lines, machine_lines, mean_std, metric_columns, paired_difference,

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from minbert.atomic import atomic_write_text
+from minbert.plumbing.atomic import atomic_write_text
 from multitask.ablation.grid import GridSettings
 from multitask.ablation.single_run import last_error_line, run_logged
 

@@ -147,7 +147,7 @@ def save_figure(fig, path) -> None:
     """Write a matplotlib figure as PNG through a temporary file, then close it."""
     import matplotlib.pyplot as plt
 
-    from minbert.atomic import atomic_path
+    from minbert.plumbing.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from minbert.precision import autocast
+from minbert.plumbing.precision import autocast
 from multitask.batching import EncodedTask, sorted_batches
 from multitask.model import MultitaskBert
 from multitask.runtime import show_progress, to_device

@@ -9,8 +9,8 @@ from typing import Iterable, Mapping
 
 import torch
 
-from minbert.atomic import atomic_write_text
 from minbert.optimizer import is_decayed
+from minbert.plumbing.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
