@@ -19,7 +19,7 @@ from minbert.optimizer import AdamW, warmup_linear_decay
 from minbert.plumbing.flags import flag, non_negative, number, positive, positive_int
 from minbert.plumbing.flags import seed as seed_type
 from minbert.plumbing.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups, step_through_scaler
-from minbert.plumbing.precision import PRECISION_HELP, PRECISIONS, autocast, grad_scaler
+from minbert.plumbing.machine import PRECISION_HELP, PRECISIONS, autocast, grad_scaler
 from minbert.plumbing.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class MLMSettings:
     # Evaluation always draws its masks from this seed, so every evaluation scores the same task.
     eval_mask_seed: int = 1234
     max_bad_steps: int = 20
-    # "auto" is resolved by the caller (minbert.plumbing.precision.resolve_precision) before training.
+    # "auto" is resolved by the caller (minbert.plumbing.machine.resolve_precision) before training.
     precision: str = flag("auto", PRECISION_HELP, choices=PRECISIONS)
 
     def __post_init__(self) -> None:

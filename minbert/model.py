@@ -1,17 +1,16 @@
 """The BERT encoder in one file: config, embeddings, self-attention, transformer layer, pooler, loading.
 
-Read top to bottom: `BertConfig` (config.json's fields), `Linear`, `BertEmbeddings`, multi-head
-self-attention (`eager` is the textbook softmax(QKᵀ/√d + mask)·V, `sdpa` torch's fused kernel), one
-post-norm transformer layer, the layer stack, the pooler, and `BertModel` with `from_pretrained`.
-Weight-name mapping lives in minbert.weights, unpadding in minbert.packing.
+Read top to bottom: `BertConfig` (config.json's fields), dropout, `Linear`, `BertEmbeddings`,
+multi-head self-attention (`eager` is the textbook softmax(QKᵀ/√d + mask)·V, `sdpa` torch's fused
+kernel), one post-norm transformer layer, the layer stack, the pooler, and `BertModel` with
+`from_pretrained`. Checkpoint files (names, config.json checks) are minbert/weights.py's job,
+skipping pad tokens minbert/packing.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,22 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minbert.dropout import Dropout
-from minbert.dropout import dropout as masked_dropout
 from minbert.errors import CheckpointError
 from minbert.hub import resolve_checkpoint_dir
 from minbert.packing import Packing
-from minbert.plumbing.atomic import atomic_write_text
-from minbert.weights import (check_sizes, find_weight_file, hf_to_minbert, minbert_to_hf, read_tensors,
-                             save_tensors, split_checkpoint)
+from minbert.weights import (check_config_values, check_sizes, copy_tokenizer_files, find_weight_file, hf_to_minbert,
+                             minbert_to_hf, read_config_json, read_tensors, save_checkpoint, split_checkpoint)
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
-SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-         "max_position_embeddings", "type_vocab_size")
-# (field, lowest allowed, first value not allowed)
-RATES = (("hidden_dropout_prob", 0.0, 1.0), ("attention_probs_dropout_prob", 0.0, 1.0),
-         ("initializer_range", 0.0, float("inf")), ("layer_norm_eps", 1e-30, 1.0))
 
 
 @dataclass
@@ -60,18 +51,7 @@ class BertConfig:
     unpad_inputs: bool = False
 
     def __post_init__(self) -> None:
-        # Types and ranges first: a config.json with "hidden_size": "384" or a layer count of -1
-        # should be named as such, not surface as an arithmetic error somewhere inside a layer.
-        for name in SIZES:
-            value = getattr(self, name)
-            if not _is_integer(value) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not _is_integer(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"pad_token_id must be an integer in 0..vocab_size-1, got {self.pad_token_id!r}")
-        for name, low, high in RATES:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
-                raise ValueError(f"{name} must be a number in [{low:g}, {high:g}), got {value!r}")
+        check_config_values(self)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")
@@ -88,24 +68,8 @@ class BertConfig:
     @classmethod
     def from_json_file(cls, path: str | Path, **overrides) -> "BertConfig":
         """Read config.json, keeping the fields this encoder uses; `overrides` win over the file."""
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: config.json not found in the checkpoint directory")
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{path}: not a valid JSON config ({err})") from err
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{path}: expected a JSON object")
-        model_type = raw.get("model_type", "bert")
-        if model_type != "bert":
-            raise CheckpointError(f"{path}: model_type is {model_type!r}; only BERT checkpoints load here")
-        embedding_type = raw.get("position_embedding_type", "absolute")
-        if embedding_type != "absolute":
-            raise CheckpointError(f"{path}: position_embedding_type {embedding_type!r} is not supported "
-                                  "(only 'absolute')")
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in raw.items() if k in known}
+        values = {k: v for k, v in read_config_json(Path(path)).items() if k in known}
         values.update(overrides)
         try:
             return cls(**values)
@@ -121,20 +85,67 @@ class BertConfig:
                 "position_embedding_type": "absolute", **values}
 
 
-def _is_integer(value) -> bool:
-    """An int from JSON, not a bool (which Python counts as one) nor a float such as 6.0."""
-    return isinstance(value, int) and not isinstance(value, bool)
+# Dropout. torch's CPU dropout draws a random double per element, as much CPU time in a training
+# step as all the matmuls; here each element takes 16 bits of one int64 draw from torch's default
+# generator, so seeding, resume and SMART's mask replay (smart/dropout.py) work unchanged.
+LEVELS = 1 << 16  # keep an element when its 16-bit draw falls below a threshold
+
+
+def keep_threshold(p: float) -> int:
+    """How many of the 2**16 draws keep an element: the keep probability is this / 2**16, within 2**-17 of 1 - p."""
+    return round((1.0 - p) * LEVELS)
+
+
+def drop_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
+    """A bool mask of the elements to zero, and the scale 1/P(keep) for the rest: E[output] is exactly the input."""
+    count = math.prod(shape)
+    words = -(-count // 4)
+    # [low, high) spans every int64 but the largest, so each 16-bit lane is uniform to within 2**-64.
+    draws = torch.randint(-(1 << 63), (1 << 63) - 1, (words,), dtype=torch.int64, device=device)
+    lanes = draws.view(torch.int16)[:count].view(shape)
+    threshold = keep_threshold(p)
+    # int16 runs from -2**15: shift the threshold so that exactly `threshold` of the 2**16 values keep.
+    return lanes >= threshold - LEVELS // 2, LEVELS / threshold
+
+
+class _MaskedScale(torch.autograd.Function):
+    """x zeroed where `drop`, the rest times `scale`; only the bool mask (not a scaled copy) is kept for backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, drop: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(drop)
+        ctx.scale = scale
+        return x.masked_fill(drop, 0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (drop,) = ctx.saved_tensors
+        return grad.masked_fill(drop, 0).mul_(ctx.scale), None, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout: zero each element with probability p (to within 2**-17), scale the rest by 1/P(keep)."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or keep_threshold(p) == 0:
+        return torch.nn.functional.dropout(x, p, training=True)
+    drop, scale = drop_mask(x.shape, p, x.device)
+    return _MaskedScale.apply(x, drop, scale)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with the cheaper CPU masks of `dropout`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
 
 
 class Linear(nn.Linear):
-    """nn.Linear, except under autocast with autograd off (evaluation, prediction).
+    """nn.Linear that, under autocast with autograd off (evaluation), keeps its bf16 weight copy.
 
-    Autocast casts the fp32 weights to bf16 again at every call that enters a new autocast
-    region, and an evaluation of many batches enters one per batch, each paying the cast of all
-    the encoder's weights again. Here the cast copy is kept and reused while the
-    weights are the same tensors at the same version (any in-place update, such as an optimiser
-    step or loading a state dict, bumps the version and forces a new cast). With autograd on,
-    autocast's own per-step cache does this job, so training takes the ordinary path.
+    Autocast casts every weight again in each autocast region, one per evaluation batch. The copy
+    is reused while the weight is the same tensor at the same version (an optimiser step or a
+    loaded state dict bumps it). With autograd on, autocast's own per-step cache does this job.
     """
 
     _cast: tuple | None = None
@@ -212,27 +223,27 @@ class BertSelfAttention(nn.Module):
         batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         # [B, T, 3, heads, d] -> three tensors of [B, heads, T, d]
         q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
-        dropout = self.dropout_prob if self.training else 0.0
+        dropout_p = self.dropout_prob if self.training else 0.0
         # On the CPU, torch's fused kernel has no dropout: with dropout it falls back to a generic
         # path that upcasts bf16 softmax to fp32, slower and larger than the explicit computation
         # (measured in results/README.md).
-        if self.implementation == "eager" or (dropout > 0 and q.device.type == "cpu"):
-            context = eager_attention(q, k, v, additive_mask, dropout)
+        if self.implementation == "eager" or (dropout_p > 0 and q.device.type == "cpu"):
+            context = eager_attention(q, k, v, additive_mask, dropout_p)
         else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask, dropout_p=dropout)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask, dropout_p=dropout_p)
         context = context.transpose(1, 2).reshape(batch, length, width)
         return context if packing is None else packing.from_grid(context)
 
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor,
-                    dropout: float) -> torch.Tensor:
+                    dropout_p: float) -> torch.Tensor:
     """softmax(QKᵀ/√d + mask)·V with dropout on the attention probabilities."""
     # Scaling q ([B, h, T, d]) rather than the scores ([B, h, T, T]) is the same product, cheaper.
     scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2)
     # In the scores' dtype: an fp32 mask would promote bf16 scores (under autocast) to fp32.
     scores = scores + additive_mask.to(scores.dtype)
     probs = torch.softmax(scores, dim=-1)
-    probs = masked_dropout(probs, dropout, training=dropout > 0)
+    probs = dropout(probs, dropout_p, training=dropout_p > 0)
     return probs @ v
 
 
@@ -296,9 +307,6 @@ class BertPooler(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))
-
-
-TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class BertModel(nn.Module):
@@ -384,13 +392,5 @@ class BertModel(nn.Module):
         packaged default); `extra_tensors` (e.g. an MLM head under `cls.`) are stored alongside.
         """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = minbert_to_hf(self.state_dict())
-        tensors.update(extra_tensors or {})
-        save_tensors(tensors, directory / "model.safetensors")
-        atomic_write_text(directory / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n")
-        source = resolve_checkpoint_dir(tokenizer_from)
-        if source.resolve() != directory.resolve():
-            for name in TOKENIZER_FILES:
-                if (source / name).is_file():
-                    shutil.copyfile(source / name, directory / name)
+        save_checkpoint(directory, {**minbert_to_hf(self.state_dict()), **(extra_tensors or {})}, self.config.to_dict())
+        copy_tokenizer_files(resolve_checkpoint_dir(tokenizer_from), directory)

@@ -1,4 +1,4 @@
-"""Reading and writing encoder weights in the Hugging Face BERT layout.
+"""Checkpoint files in the Hugging Face BERT layout: weights (read, renamed, written), config.json checks.
 
 Checkpoints name tensors as Hugging Face's BertModel does (`encoder.layer.0.attention.self.query.weight`),
 possibly with a `bert.` prefix and TensorFlow-era `gamma`/`beta` LayerNorm names. Our encoder fuses
@@ -8,8 +8,10 @@ both ways, so any BERT checkpoint loads and what we save loads in `transformers`
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,11 +20,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from minbert.errors import CheckpointError
-from minbert.plumbing.atomic import atomic_path
+from minbert.plumbing.atomic import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:  # a type only: minbert.model imports this module
     from minbert.model import BertConfig
 
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Buffers some checkpoints carry; they are recomputed, never learned.
 IGNORED_KEYS = re.compile(r"^embeddings\.position_ids$")
@@ -35,6 +38,34 @@ _RENAMES = (  # (Hugging Face pattern, our name), applied in order on load and r
 )
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
 _SELF_ATTENTION = re.compile(r"^encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$")
+SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+         "max_position_embeddings", "type_vocab_size")
+# (field, lowest allowed, first value not allowed)
+RATES = (("hidden_dropout_prob", 0.0, 1.0), ("attention_probs_dropout_prob", 0.0, 1.0),
+         ("initializer_range", 0.0, float("inf")), ("layer_norm_eps", 1e-30, 1.0))
+
+
+def check_config_values(config: BertConfig) -> None:
+    """Types and ranges of config.json's numbers (ValueError naming the field).
+
+    A config.json with "hidden_size": "384" or a layer count of -1 should be named as such, not
+    surface as an arithmetic error somewhere inside a layer.
+    """
+    for name in SIZES:
+        value = getattr(config, name)
+        if not _is_integer(value) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not _is_integer(config.pad_token_id) or not 0 <= config.pad_token_id < config.vocab_size:
+        raise ValueError(f"pad_token_id must be an integer in 0..vocab_size-1, got {config.pad_token_id!r}")
+    for name, low, high in RATES:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+            raise ValueError(f"{name} must be a number in [{low:g}, {high:g}), got {value!r}")
+
+
+def _is_integer(value) -> bool:
+    """An int from JSON, not a bool (which Python counts as one) nor a float such as 6.0."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def find_weight_file(directory: Path) -> Path:
@@ -161,3 +192,39 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(plain, str(tmp), metadata={"format": "pt"})
+
+
+def read_config_json(path: Path) -> dict:
+    """config.json as a dict, refused unless it describes a BERT encoder with absolute positions."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: config.json not found in the checkpoint directory")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not a valid JSON config ({err})") from err
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    model_type = raw.get("model_type", "bert")
+    if model_type != "bert":
+        raise CheckpointError(f"{path}: model_type is {model_type!r}; only BERT checkpoints load here")
+    embedding_type = raw.get("position_embedding_type", "absolute")
+    if embedding_type != "absolute":
+        raise CheckpointError(f"{path}: position_embedding_type {embedding_type!r} is not supported "
+                  "(only 'absolute')")
+    return raw
+
+
+def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], config: dict) -> None:
+    """model.safetensors and config.json into `directory` (created), each written atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_tensors(tensors, directory / "model.safetensors")
+    atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def copy_tokenizer_files(source: Path, directory: Path) -> None:
+    """The vocabulary files of the checkpoint in `source`, copied beside weights saved in `directory`."""
+    if source.resolve() != directory.resolve():
+        for name in TOKENIZER_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, directory / name)

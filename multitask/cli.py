@@ -15,13 +15,14 @@ from minbert import BertModel, CheckpointError, load_tokenizer
 from minbert.hub import is_hub_id, resolve_checkpoint_dir
 from minbert.model import BertConfig
 from minbert.plumbing.flags import FlagError
-from minbert.plumbing.memory import release_free_memory
-from minbert.plumbing.precision import allow_tf32, precision_choice, resolve_precision
+from minbert.plumbing.machine import allow_tf32, precision_choice, release_free_memory, resolve_precision
 from multitask.batching import encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
 from multitask.data import DataError, Example, training_subset
 from multitask.distributed import (DistEnv, DistributedError, dump_final_state, global_batch_size, load_agreed_state,
                                    make_trainer, reseed_ranks_after_resume, start, stop)
+from minbert.plumbing.machine import DeviceError, seed_everything
+from minbert.plumbing.progress import is_main_process
 from multitask.evaluate import overall, predict
 from multitask.mask_check import check_dropout_replay, shares_dropout_masks
 from multitask.model import MIN_LENGTH, MultitaskBert
@@ -29,7 +30,6 @@ from multitask.predictions import PredictionFile, write_predictions
 from multitask.regularizers import Regularizers, RegularizerSettings, new_weight_average
 from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
 from multitask.run_lock import RunLockError, hold_output_locks
-from multitask.runtime import DeviceError, is_main_process, seed_everything
 from multitask.settings import RunSettings, Settings, build_parser, settings_from
 from multitask.submission import score_dev_predictions
 from multitask.tasks import TASKS

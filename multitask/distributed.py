@@ -13,12 +13,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from minbert import CheckpointError
+from minbert.plumbing.machine import pick_device, to_device
 from minbert.weights import save_tensors
 from multitask.batching import EncodedTask, restore_order, sorted_batches
 from multitask.evaluate import batch_outputs
 from multitask.model import MultitaskBert
 from multitask.resume import RunState
-from multitask.runtime import pick_device, to_device
 from multitask.tasks import TASKS
 from multitask.train import Trainer
 from smart import WeightAverage

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from minbert.plumbing.precision import autocast
+from minbert.plumbing.machine import autocast, to_device
+from minbert.plumbing.progress import show_progress
 from multitask.batching import EncodedTask, restore_order, sorted_batches
 from multitask.model import MultitaskBert
-from multitask.runtime import show_progress, to_device
 from multitask.tasks import TASKS
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from minbert.plumbing.precision import autocast
+from minbert.plumbing.machine import DeviceError, autocast
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings
-from multitask.runtime import DeviceError
 from smart import DropoutReplay
 
 # A small batch: the check costs a few forward passes, and the masks it compares are drawn per element.

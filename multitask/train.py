@@ -32,14 +32,13 @@ from minbert.optimizer import AdamW, warmup_linear_decay
 from minbert.plumbing.flags import flag, non_negative, non_negative_int, positive, positive_int
 from minbert.plumbing.flags import seed as seed_type
 from minbert.plumbing.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups, step_through_scaler
-from minbert.plumbing.memory import release_free_memory
-from minbert.plumbing.precision import PRECISION_HELP, PRECISIONS, RESOLVED_PRECISIONS, autocast, grad_scaler
-from minbert.plumbing.progress import DEFAULT_INTERVAL, ProgressReporter, format_duration, format_loss
+from minbert.plumbing.machine import (PRECISION_HELP, PRECISIONS, RESOLVED_PRECISIONS, autocast, grad_scaler,
+                                      release_free_memory, to_device)
+from minbert.plumbing.progress import DEFAULT_INTERVAL, ProgressReporter, format_duration, format_loss, show_progress
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert
 from multitask.regularizers import Regularizers
-from multitask.runtime import show_progress, to_device
 from multitask.schedule import SCHEDULES, task_order
 from multitask.tasks import TASKS
 from multitask.throughput import training_flops_per_token
@@ -48,7 +47,7 @@ from smart import DropoutReplay, WeightAverage
 log = logging.getLogger(__name__)
 
 
-# Updates between returns of freed heap memory to the OS (minbert.plumbing.memory): often enough that the
+# Updates between returns of freed heap memory to the OS (minbert.plumbing.machine): often enough that the
 # heap cannot ratchet up between two, rarely enough that the cost is lost in the step time.
 RELEASE_MEMORY_EVERY = 5
 # Steps timed before the run's length is estimated in the log: past the first steps' one-off

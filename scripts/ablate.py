@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minbert.plumbing.atomic import atomic_write_text  # noqa: E402
 from minbert.plumbing.flags import OneLineErrorParser, positive_int  # noqa: E402
-from minbert.plumbing.precision import PRECISIONS  # noqa: E402
+from minbert.plumbing.machine import PRECISIONS  # noqa: E402
 from multitask.ablation import (BASELINE, GRID, MLM_SCRIPT, GridError, GridSettings, RunResult,  # noqa: E402
                                 check_extra_args, finished_results, parse_configs, parse_seeds, report_paths,
                                 run_grid)

@@ -30,11 +30,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import minbert.model  # noqa: E402
-import minbert.dropout  # noqa: E402
 from minbert import BertModel, load_tokenizer  # noqa: E402
 from minbert.hub import default_checkpoint_dir  # noqa: E402
 from minbert.optimizer import AdamW  # noqa: E402
-from minbert.plumbing.precision import autocast, resolve_precision  # noqa: E402
+from minbert.plumbing.machine import autocast, resolve_precision  # noqa: E402
 from multitask.batching import compare_padding, encode_task  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average  # noqa: E402
@@ -186,12 +185,11 @@ STEP_PRECISION = resolve_precision("auto", CPU)
 
 @contextmanager
 def torch_dropout() -> Iterator[None]:
-    """The step as before minbert/dropout.py, with torch's own CPU dropout masks: the A/B row of that change."""
+    """The step with torch's own CPU dropout masks instead of minbert's 16-bit ones: the A/B row of that change."""
     def torch_masks(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return F.dropout(x, p, training=training)
 
-    with mock.patch.object(minbert.dropout, "dropout", torch_masks), \
-            mock.patch.object(minbert.model, "masked_dropout", torch_masks):
+    with mock.patch.object(minbert.model, "dropout", torch_masks):
         yield
 
 

@@ -25,18 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minbert import CheckpointError, load_tokenizer  # noqa: E402
 from minbert.corpus import dedupe, split_held_out, tokenise_and_pack  # noqa: E402
-from minbert.plumbing.atomic import atomic_write_text, replaced_directory  # noqa: E402
-from minbert.plumbing.flags import (DefaultsHelpFormatter, OneLineErrorParser, add_flags,  # noqa: E402
-                                    from_flags, integer, number, seed)
 from minbert.hub import resolve_checkpoint_dir  # noqa: E402
 from minbert.masking import MaskingVocab  # noqa: E402
 from minbert.mlm import BertForMaskedLM  # noqa: E402
 from minbert.mlm_training import MLMSettings, MLMTrainer, MLMTrainingAborted  # noqa: E402
-from minbert.plumbing.precision import allow_tf32, precision_choice  # noqa: E402
-from minbert.plumbing.progress import DEFAULT_INTERVAL  # noqa: E402
+from minbert.plumbing.atomic import atomic_write_text, replaced_directory  # noqa: E402
+from minbert.plumbing.flags import (DefaultsHelpFormatter, OneLineErrorParser, add_flags,  # noqa: E402
+                                    from_flags, integer, number, seed)
+from minbert.plumbing.machine import (DeviceError, allow_tf32, pick_device, precision_choice,  # noqa: E402
+                                      seed_everything)
+from minbert.plumbing.progress import DEFAULT_INTERVAL, show_progress  # noqa: E402
 from multitask.corpus import pretraining_texts, training_files  # noqa: E402
 from multitask.data import DataError  # noqa: E402
-from multitask.runtime import DeviceError, pick_device, seed_everything, show_progress  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 METRICS_FILE = "mlm_metrics.jsonl"

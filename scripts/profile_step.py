@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minbert import BertModel, load_tokenizer  # noqa: E402
 from minbert.optimizer import warmup_linear_decay  # noqa: E402
 from minbert.plumbing.atomic import atomic_write_text  # noqa: E402
-from minbert.plumbing.precision import autocast, resolve_precision  # noqa: E402
+from minbert.plumbing.machine import autocast, resolve_precision  # noqa: E402
 from multitask.batching import BucketBatchSampler, encode_task  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average  # noqa: E402

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minbert import BertModel, load_tokenizer  # noqa: E402
 from minbert.plumbing.atomic import atomic_write_text  # noqa: E402
-from minbert.plumbing.precision import autocast  # noqa: E402
+from minbert.plumbing.machine import autocast  # noqa: E402
 from multitask.batching import EncodedTask, encode_task  # noqa: E402
 from multitask.checkpoint import load_checkpoint  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minbert.plumbing.atomic import atomic_write_text  # noqa: E402
 from minbert.plumbing.flags import OneLineErrorParser  # noqa: E402
-from minbert.plumbing.precision import PRECISION_HELP, PRECISIONS  # noqa: E402
+from minbert.plumbing.machine import PRECISION_HELP, PRECISIONS  # noqa: E402
 from minbert.plumbing.progress import format_loss  # noqa: E402
 from multitask.ablation import GridError, GridSettings, RunResult, finished_results, parse_seeds, run_grid  # noqa: E402
 from multitask.ablation.grid import report_paths  # noqa: E402

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from minbert.dropout import LEVELS, Dropout, drop_mask, dropout, keep_threshold
+from minbert.model import LEVELS, Dropout, drop_mask, dropout, keep_threshold
 from smart import DropoutReplay
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from minbert import BertModel
+from minbert.plumbing.machine import DeviceError
 from multitask.cli import main
 from multitask.mask_check import check_dropout_replay, shares_dropout_masks
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings
-from multitask.runtime import DeviceError
 from smart.dropout import DropoutReplay
 from tests.test_pipeline import data_args, write_tiny_course_files
 from tests.test_smart_training import TINY, train_tiny, weights

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from minbert import BertModel
-from minbert.plumbing.precision import resolve_precision
+from minbert.plumbing.machine import resolve_precision
 from multitask.cli import check_regularizer_flags, main
 from multitask.predictions import read_predictions
 from multitask.settings import parse

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from minbert import BertModel, load_tokenizer
-from minbert.plumbing.precision import autocast
+from minbert.plumbing.machine import autocast
 from minbert.plumbing.progress import ProgressReporter, format_loss
 from multitask.batching import encode_task
 from multitask.model import MultitaskBert

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from minbert import BertModel, load_tokenizer
-from minbert.plumbing.precision import autocast
+from minbert.plumbing.machine import autocast
 from multitask.batching import encode_task
 from multitask.model import MultitaskBert
 from multitask.regularizers import Regularizers, RegularizerSettings

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -98,3 +100,18 @@ def newest_progress(log_path: str | Path, tail: int = 8192) -> str | None:
     with open(log_path, "rb") as f:
         f.seek(max(0, f.seek(0, 2) - tail))
         return last_progress(f.read().decode("utf-8", errors="replace"))
+
+
+def show_progress() -> bool:
+    """tqdm bars only for a person at a terminal: not when piped, logged or under CI.
+
+    Under torchrun only rank 0 draws: every process shares the terminal, and N interleaved bars
+    are unreadable.
+    """
+    return sys.stderr.isatty() and not os.environ.get("CI") and is_main_process()
+
+
+def is_main_process() -> bool:
+    """True unless torchrun started this process with a rank other than 0 (read from RANK, so it
+    works before any process group exists, e.g. to set log levels)."""
+    return os.environ.get("RANK", "0") == "0"

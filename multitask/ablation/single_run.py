@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from minbert.plumbing.atomic import atomic_write_text
-from minbert.plumbing.precision import cpu_flags, cpu_info, native_bf16_label
+from minbert.plumbing.machine import cpu_flags, cpu_info, native_bf16_label
 from minbert.plumbing.progress import newest_progress
 from multitask.ablation.grid import REPO, Configuration, GridError, GridSettings, report_paths, run_dir
 from multitask.tasks import TASKS

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from minbert.plumbing.precision import autocast
+from minbert.plumbing.machine import autocast, to_device
+from minbert.plumbing.progress import show_progress
 from multitask.batching import EncodedTask, sorted_batches
 from multitask.model import MultitaskBert
-from multitask.runtime import show_progress, to_device
 from multitask.tasks import TASKS
 from smart.adversarial import adversarial_perturbation
 from smart.divergences import divergence

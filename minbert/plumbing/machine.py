@@ -1,10 +1,18 @@
-"""Compute precision: bf16 autocast where it is native, fp16 with loss scaling on older GPUs, else fp32."""
+"""The machine a run uses: device, precision policy and autocast, seeding, moving batches, heap trimming.
+
+Precision: bf16 autocast where it is native, fp16 with loss scaling on older GPUs, else fp32.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
@@ -156,3 +164,56 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
     update whose gradients overflowed, lowering the scale (bf16 has fp32's range: no scaler).
     """
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+class DeviceError(RuntimeError):
+    """The requested device is not available on this machine."""
+
+
+def pick_device(device: str = "auto", use_gpu: bool = False) -> torch.device:
+    """`auto` takes CUDA when present; `--use_gpu` (the course's flag) asks for it explicitly."""
+    if use_gpu and device == "auto":
+        device = "cuda"
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda / --use_gpu was given but no CUDA device is available; use --device cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) — the one piece of global state we set."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type != "cuda":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (macOS, musl, Windows)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the OS; True if glibc did release some.
+
+    Training with packed batches allocates tensors of ever-changing sizes; glibc keeps the freed
+    blocks in its heap, where they fragment, and the process's RSS ratchets up epoch after epoch
+    though the live tensors stay the same size. malloc_trim(0) gives whole free pages anywhere in
+    the heap back, which bounds the RSS without changing how malloc serves allocations (forcing
+    mmap for large blocks instead makes every step fault its pages in afresh; results/README.md).
+    """
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
