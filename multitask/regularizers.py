@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from minbert.plumbing.flags import flag, non_negative, positive, positive_int, probability
+from minbert.plumbing.flags import FlagError, flag, non_negative, positive, positive_int, probability
 from multitask.model import MultitaskBert
 from multitask.tasks import TASKS, parse_task_names
 from smart import DropoutReplay, WeightAverage, bregman_loss, divergence, r3f_loss, smoothness_loss
+
+if TYPE_CHECKING:  # a type only: multitask.settings imports this module
+    from multitask.settings import RunSettings
 
 # The weight average (what is scored, and SMART's Bregman target: the paper's mean teacher) keeps the
 # paper's β schedule, capped so that its time constant is at most a quarter of the run. The cap
@@ -207,3 +210,63 @@ class Regularizers:
         with torch.no_grad(), step_masks.replaying():
             teacher_output = teacher(task, batch)
         return self.settings.bregman_mu * bregman_loss(output, teacher_output, TASKS[task].kind)
+
+
+REGULARIZER_SWITCHES = {"--smart_tasks": "smart", "--r3f_tasks": "r3f", "--rdrop_tasks": "rdrop"}
+
+
+def check_regularizer_flags(regularizers: RegularizerSettings, run: RunSettings) -> None:
+    """The flag rules of the regularisers (see --help): contradictions are errors naming both flags."""
+    r = regularizers
+    for flag, switch in REGULARIZER_SWITCHES.items():
+        named = getattr(r, flag[2:])
+        if named is None:
+            continue
+        if not getattr(r, switch):
+            raise FlagError(f"{flag} narrows --{switch} to some tasks, but --{switch} is not on; "
+                            f"add --{switch}, or drop {flag}")
+        untrained = [t for t in named if t not in run.tasks]
+        if untrained:
+            raise FlagError(f"{flag}: {','.join(untrained)} not among the trained --tasks "
+                            f"{','.join(run.tasks)}")
+    for part in ("--no_adversarial", "--no_bregman"):
+        if getattr(r, part[2:]) and not r.smart:
+            raise FlagError(f"{part} switches off a part of --smart, which is not on; add --smart")
+    if r.no_adversarial and r.no_bregman:
+        raise FlagError("--no_adversarial with --no_bregman leaves nothing of --smart; drop --smart")
+    if r.adversarial and r.smart_dropout == "shared" and r.smart_sigma == 0:
+        raise FlagError("--smart_sigma 0 with shared dropout masks starts the ascent at the minimum of its "
+                        "divergence, where the gradient is 0, so δ stays 0 and the adversarial term is off; "
+                        "give σ > 0 (default: --smart_eps)")
+    if r.adversarial and r.r3f:
+        raise FlagError("--smart and --r3f both add a smoothness term at a perturbed δ (adversarial "
+                        "and random); choose one, or use --smart --no_adversarial --r3f for R3F with the "
+                        "Bregman term")
+    switched = [f"--{name}" for name in ("smart", "r3f", "rdrop") if getattr(r, name)]
+    if switched and run.option != "finetune":
+        raise FlagError(f"{' '.join(switched)} regularise fine-tuning, but --option {run.option} "
+                        "freezes the encoder; add --option finetune")
+
+
+def describe(settings: RegularizerSettings, tasks: tuple[str, ...]) -> str:
+    """Which terms run on which tasks' steps, for the log."""
+    if not settings.any:
+        return "none (task losses only)"
+
+    def on(named: tuple[str, ...] | None) -> str:
+        return ",".join(t for t in tasks if named is None or t in named)
+
+    parts = []
+    if settings.adversarial and settings.smart_lambda:
+        parts.append(f"SMART adversarial (λ_s {settings.smart_lambda:g}, ε {settings.smart_eps:g}, η "
+                     f"{settings.step_size:g}, σ {settings.sigma:g}, {settings.smart_steps} ascent step(s) in "
+                     f"{settings.smart_ascent_precision}, {settings.smart_dropout} dropout masks) "
+                     f"on {on(settings.smart_tasks)}")
+    if settings.bregman and settings.bregman_mu:
+        parts.append(f"Bregman term towards the weight average (μ {settings.bregman_mu:g}) on {on(settings.smart_tasks)}")
+    if settings.r3f and settings.r3f_lambda:
+        parts.append(f"R3F ({settings.r3f_noise}, ε {settings.r3f_eps:g}, {settings.smart_dropout} dropout masks) "
+                     f"on {on(settings.r3f_tasks)}")
+    if settings.rdrop and settings.rdrop_alpha:
+        parts.append(f"R-Drop (α {settings.rdrop_alpha:g}, {settings.rdrop_form} form) on {on(settings.rdrop_tasks)}")
+    return "; ".join(parts)

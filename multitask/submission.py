@@ -1,18 +1,31 @@
-"""Submission packaging: the six course prediction files checked against their inputs, scored on dev, and zipped."""
+"""The course's prediction files: written for a model, checked against their inputs, scored on dev, zipped."""
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from minbert import load_tokenizer
 from minbert.plumbing.atomic import atomic_path
+from minbert.plumbing.machine import resolve_precision
+from multitask.batching import encode_task
+from multitask.checkpoint import load_checkpoint
 from multitask.data import ReadResult
-from multitask.evaluate import overall
-from multitask.predictions import PredictionFile, PredictionFileError, prediction_path, read_predictions
+from multitask.evaluate import overall, predict
+from multitask.model import MultitaskBert
+from multitask.predictions import (PredictionFile, PredictionFileError, prediction_path, read_predictions,
+                                   write_predictions)
 from multitask.tasks import COURSE_TASKS, TASKS
+
+if TYPE_CHECKING:  # a type only: multitask.settings is above this module
+    from multitask.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # The course grades the three course tasks only; an optional task (CFIMDB) is not submitted.
 PREDICTION_FILES = tuple((task, split) for task in COURSE_TASKS for split in ("dev", "test"))
@@ -146,3 +159,45 @@ def build_zip(zip_path: Path, repo: Path, predictions: list[Path]) -> list[str]:
             for path, name in members:
                 archive.write(path, name)
     return [name for _, name in members]
+
+
+def predict_from_checkpoint(settings: Settings, device: torch.device) -> None:
+    """--predict_only: the prediction files of a saved checkpoint, and the dev scores of what was written."""
+    checkpoint = settings.run.best_dir
+    model, record = load_checkpoint(checkpoint, unpad_inputs=True)
+    precision = resolve_precision(settings.train.precision, device)
+    write_all_predictions(model, load_tokenizer(checkpoint), settings, device, record["settings"]["max_length"],
+                          precision, tasks=tuple(t for t in settings.run.tasks if t in model.tasks))
+
+
+def write_all_predictions(model: MultitaskBert, tokenizer, settings: Settings, device: torch.device, max_length: int,
+                          precision: str, kept_dev: dict[str, dict[str, float]] | None = None,
+                          tasks: tuple[str, ...] | None = None) -> None:
+    """Dev and test prediction files for each task, in the course's format and input order; logs the dev scores.
+
+    `kept_dev` holds the kept epoch's dev predictions by id: rows found there are not predicted again.
+    """
+    model.to(device)
+    dev_scores = {}
+    for task in tasks or settings.run.tasks:
+        spec = TASKS[task]
+        for split in ("dev", "test"):
+            # Read without labels: a dev row whose label is unusable still gets its prediction line.
+            examples = spec.read(settings.data_file(task, split), labelled=False).examples
+            known = (kept_dev or {}).get(task, {}) if split == "dev" else {}
+            missing = [e for e in examples if e.id not in known]
+            values = dict(known)
+            if missing:
+                dataset = encode_task(missing, tokenizer, spec, model.pair_encoding, max_length)
+                values.update(zip(dataset.ids, predict(model, dataset, settings.train.eval_batch_size, device,
+                                                       precision).tolist()))
+            ids = [e.id for e in examples]
+            path = write_predictions(settings.output_file(task, split), task, ids, [values[i] for i in ids])
+            log.info("wrote %s (%d rows%s)", path, len(ids),
+                     f", {len(ids) - len(missing)} from the kept epoch's dev scoring" if len(missing) < len(ids) else "")
+            if split == "dev":
+                written = PredictionFile(path, task, ids, [values[i] for i in ids])
+                dev_scores[task] = score_dev_predictions(written, spec.read(settings.data_file(task, "dev"))).score
+    if dev_scores:
+        log.info("dev scores of the written files: %s  mean %.3f",
+                 "  ".join(f"{task} {value:.3f}" for task, value in dev_scores.items()), overall(dev_scores))

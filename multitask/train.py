@@ -69,7 +69,7 @@ class TrainingAborted(TooManyBadSteps):
 class TrainSettings:
     """Optimisation settings of one run; each default here is the command line's (`flag` fields).
 
-    `lr` None and `precision` "auto" are resolved by the caller (multitask/cli.py) before a
+    `lr` None and `precision` "auto" are resolved by the caller (multitask_classifier.py) before a
     Trainer sees them.
     """
 
@@ -209,7 +209,7 @@ class Trainer:
         the bar when it is not drawn (output to a log file, CI)."""
         if settings.lr is None or settings.precision not in RESOLVED_PRECISIONS:
             raise ValueError(f"resolve lr ({settings.lr}) and precision ({settings.precision!r}) before training: "
-                             "multitask.cli.resolved_train_settings does")
+                             "multitask_classifier.resolved_train_settings does")
         self.model = model.to(device)
         self.train_sets, self.dev_sets = train_sets, dev_sets
         self.settings, self.device, self.out_dir = settings, device, Path(out_dir)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minbert.hub import default_checkpoint_dir
-from multitask.cli import main, open_run_state
+from multitask_classifier import main, open_run_state
 from multitask.resume import FORMAT, NEUTRAL_FLAGS, PATH_SUFFIXES, STATE_DIR, STATE_FILE
 from multitask.settings import build_parser, parse
 from tests.test_pipeline import SEED, data_args, output_args, refused_flags, write_tiny_course_files

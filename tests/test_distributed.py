@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from minbert import BertModel, CheckpointError
 from minbert.hub import default_checkpoint_dir
-from multitask.cli import main, open_run_state
+from multitask_classifier import main, open_run_state
 from multitask.distributed import DUMP_ENV, DistEnv, DistributedError, global_batch_size, shard
 from multitask.resume import FORMAT
 from multitask.run_lock import OUT_DIR_LOCK, LockSpec, RunLockError, hold_output_locks, holding

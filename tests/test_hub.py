@@ -13,7 +13,7 @@ import torch
 
 from minbert import BertModel, CheckpointError, hub, load_tokenizer
 from minbert.hub import resolve_checkpoint_dir
-from multitask.cli import check_settings, main
+from multitask_classifier import check_settings, main
 from multitask.settings import parse
 from tests.test_pipeline import data_args, write_tiny_course_files
 

@@ -9,7 +9,7 @@ import torch
 
 from minbert import BertModel
 from minbert.plumbing.machine import DeviceError
-from multitask.cli import main
+from multitask_classifier import main
 from multitask.mask_check import check_dropout_replay, shares_dropout_masks
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings

@@ -292,7 +292,7 @@ def test_smoke_run_output_loads_in_ours_and_in_transformers_with_the_same_logits
 
 
 def test_multitask_classifier_starts_from_the_adapted_encoder(mlm_run, tmp_path):
-    from multitask.cli import main as multitask_main
+    from multitask_classifier import main as multitask_main
 
     files = {}
     for split, suffix in (("train", "train"), ("dev", "dev"), ("test", "test-student")):

@@ -1,4 +1,4 @@
-"""End to end through `multitask.cli.main`: tiny course-format files, the packaged model, all outputs checked."""
+"""End to end through `multitask_classifier.main`: tiny course-format files, the packaged model, all outputs checked."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from minbert import BertModel
 from minbert.plumbing.machine import resolve_precision
-from multitask.cli import check_regularizer_flags, main
+from multitask.regularizers import check_regularizer_flags
+from multitask_classifier import main
 from multitask.predictions import read_predictions
 from multitask.settings import parse
 from multitask.train import TIMING_KEYS

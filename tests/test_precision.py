@@ -12,7 +12,7 @@ import torch
 from minbert import BertModel, load_tokenizer
 from minbert.plumbing import machine as precision
 from minbert.plumbing.machine import autocast, choose_precision, precision_choice, resolve_precision, tf32_applies
-from multitask.cli import banner
+from multitask_classifier import banner
 from multitask.model import MultitaskBert
 from multitask.regularizers import Regularizers, RegularizerSettings, new_weight_average
 from multitask.settings import parse

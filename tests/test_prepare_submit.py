@@ -74,7 +74,7 @@ def test_good_files_are_zipped_with_the_code_and_nothing_else(script, submission
                 name = f"predictions/{task}-{split}-output.csv"
                 assert archive.read(name) == (submission["predictions"] / f"{task}-{split}-output.csv").read_bytes()
     for required in ("multitask_classifier.py", "requirements.txt", "README.md", "minbert/model.py",
-                     "multitask/cli.py", "smart/adversarial.py", "scripts/ablate.py", "scripts/prepare_submit.py"):
+                     "multitask/train.py", "smart/adversarial.py", "scripts/ablate.py", "scripts/prepare_submit.py"):
         assert required in names, required
     assert {name.split("/")[0] for name in names} == {"predictions", "minbert", "multitask", "smart", "scripts",
                                                       "multitask_classifier.py", "requirements.txt", "README.md"}

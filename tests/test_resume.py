@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from minbert import BertModel, CheckpointError
 from multitask.checkpoint import load_checkpoint, save_checkpoint
-from multitask.cli import main
+from multitask_classifier import main
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
 from multitask.resume import STATE_FILE, RunState, capture_rng, restore_cuda_rng, restore_rng
@@ -316,7 +316,7 @@ KILL_AFTER_SAVE = 5
 BLOCK_AFTER_SAVE = """
 import sys, time
 from multitask import resume
-from multitask.cli import main
+from multitask_classifier import main
 
 saves, marker = int(sys.argv[1]), sys.argv[2]
 save = resume.RunState.save

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from multitask import run_lock
-from multitask.cli import main
+from multitask_classifier import main
 from multitask.data import DataError
 from multitask.run_lock import (OUT_DIR_LOCK, PREDICTIONS_LOCK, LockOwner, LockSpec, RunLockError, holding,
                                 machine_id, output_locks)
@@ -188,7 +188,7 @@ def test_the_cli_releases_its_locks_when_the_run_stops(tiny_data, tmp_path, monk
         seen.append(sorted(p.name for p in tmp_path.rglob("*lock")))
         raise raised("stopped")
 
-    monkeypatch.setattr("multitask.cli.train_and_predict", stopped)
+    monkeypatch.setattr("multitask_classifier.train_and_predict", stopped)
     with pytest.raises(SystemExit if raised is DataError else KeyboardInterrupt):
         main(cli_args(tiny_data, out_dir, predictions))
     assert seen == [[PREDICTIONS_LOCK, OUT_DIR_LOCK]]

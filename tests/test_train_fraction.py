@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from multitask.cli import main, training_examples
+from multitask_classifier import main, training_examples
 from multitask.data import training_subset
 from multitask.settings import parse
 from tests.test_pipeline import data_args, write_tiny_course_files

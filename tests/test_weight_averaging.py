@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from minbert import BertModel
-from multitask.cli import weight_average
+from multitask_classifier import weight_average
 from multitask.evaluate import predict, score
 from multitask.model import MultitaskBert
 from multitask.regularizers import TEACHER_WINDOW_FRACTION
