@@ -37,7 +37,8 @@ from multitask.settings import Settings, build_parser, settings_from
 from multitask.submission import predict_from_checkpoint, write_all_predictions
 from multitask.tasks import TASKS
 from multitask.throughput import PEAK_SIZE, matmul_peak
-from multitask.train import DEFAULT_LR, ESTIMATE_AFTER_STEPS, Trainer, TrainingAborted, TrainSettings, format_epoch
+from multitask.records import format_epoch
+from multitask.train import DEFAULT_LR, ESTIMATE_AFTER_STEPS, Trainer, TrainingAborted, TrainSettings
 from smart import WeightAverage
 
 log = logging.getLogger("multitask")

@@ -1,8 +1,13 @@
-"""Which task each training step draws its batch from: round robin, proportional or annealed."""
+"""An epoch's plan: which task each training step draws its batch from (round robin, proportional, annealed), and which rows."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:  # a type only
+    from multitask.batching import BucketBatchSampler
 
 SCHEDULES = ("proportional", "round_robin", "annealed", "sqrt")
 
@@ -52,3 +57,28 @@ def _interleave(tasks: list[str], weights: np.ndarray, steps: int) -> list[str]:
         credit[chosen] -= 1.0
         order.append(tasks[chosen])
     return order
+
+
+def epoch_plan(samplers: dict[str, BucketBatchSampler], swappable: dict[str, bool], schedule: str, seed: int,
+               epoch: int, epochs: int) -> list[tuple[str, list[int], list[bool]]]:
+    """(task, batch indices, swap flags) for every step of an epoch; tasks that run dry start a new pass.
+
+    A pair of a `swappable` task is flagged for the other sentence order with probability ½: the
+    relations are symmetric, so this doubles the distinct inputs at no cost.
+    """
+    rng = np.random.default_rng([seed, epoch, 1])
+    swap_rng = np.random.default_rng([seed, epoch, 2])
+    per_task = {name: len(s) for name, s in samplers.items()}
+    order = task_order(schedule, per_task, rng, epoch, epochs)
+    queues = {name: [] for name in per_task}
+    passes = {name: 0 for name in per_task}
+    plan = []
+    for task in order:
+        if not queues[task]:
+            # Each extra pass over a small task gets its own shuffle, still reproducible.
+            queues[task] = samplers[task].batches_for(epoch * 1000 + passes[task])
+            passes[task] += 1
+        indices = queues[task].pop()
+        plan.append((task, indices, (swap_rng.random(len(indices)) < 0.5).tolist() if swappable[task]
+                     else [False] * len(indices)))
+    return plan

@@ -40,3 +40,15 @@ def training_flops_per_token(config: BertConfig) -> float:
     """
     h, inter = config.hidden_size, config.intermediate_size
     return 3 * config.num_hidden_layers * 2 * (4 * h * h + 2 * h * inter)
+
+
+def epoch_throughput(config: BertConfig, tokens: int, seconds: float, peak: float | None) -> dict[str, float | int]:
+    """An epoch's real tokens, its model FLOP rate and, with a measured peak, the share of it."""
+    out: dict[str, float | int] = {"train_tokens": tokens}
+    if seconds > 0:
+        flops = training_flops_per_token(config) * tokens / seconds
+        out["model_gflops_per_s"] = round(flops / 1e9, 1)
+        if peak:
+            out["matmul_peak_gflops_per_s"] = round(peak / 1e9, 1)
+            out["of_peak"] = round(flops / peak, 4)
+    return out

@@ -1,16 +1,13 @@
 """The multitask training loop: task-scheduled steps, AdamW with warm-up/decay, dev evaluation per epoch.
 
-One training step, file by file:
-1. `Trainer.epoch_plan` (here; task order from multitask/schedule.py) names the step's task and
-   rows; `EncodedTask.batch` (multitask/batching.py) pads them into tensors.
-2. `StepLoss.forward` (here) is the step's loss, term by term: `MultitaskBert.embed` and
-   `predict_from_embeddings` (multitask/model.py, on minbert/model.py's `embed`/`encode`) give
-   the output; `Task.loss` (multitask/tasks.py) the task term; `Regularizers` (multitask/regularizers.py,
-   on smart/) each switched-on term.
-3. `Trainer.update` (here) clips, steps AdamW (minbert/optimizer.py) and the schedule, and moves
-   the weight average (smart/weight_average.py).
-4. After each epoch `Trainer.evaluate` scores dev (multitask/evaluate.py); the CLI keeps the best
-   checkpoint (multitask/checkpoint.py) and saves the resume state (multitask/resume.py).
+One default training step, through 10 files: multitask_classifier.py builds the `Trainer`, whose
+`train_epoch` (here) takes the step's rows from the epoch plan and `run_step` pads them
+(`EncodedTask.batch`, multitask/batching.py) and moves them (minbert/plumbing/machine.py, which
+also gives the step's autocast); `StepLoss.forward` (here) runs `MultitaskBert`
+(multitask/model.py) on the encoder (minbert/model.py, which skips pads with minbert/packing.py)
+and takes `Task.loss` (multitask/tasks.py); `update` (here) steps AdamW and its schedule
+(minbert/optimizer.py) and moves the weight average (smart/weight_average.py). Regularisers add
+their terms in `StepLoss` (multitask/regularizers.py, on smart/).
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,31 +31,28 @@ from minbert.plumbing.flags import seed as seed_type
 from minbert.plumbing.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups, step_through_scaler
 from minbert.plumbing.machine import (PRECISION_HELP, PRECISIONS, RESOLVED_PRECISIONS, autocast, grad_scaler,
                                       release_free_memory, to_device)
-from minbert.plumbing.progress import DEFAULT_INTERVAL, ProgressReporter, format_duration, format_loss, show_progress
+from minbert.plumbing.progress import DEFAULT_INTERVAL, ProgressReporter, format_duration, show_progress
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict, score
 from multitask.model import MultitaskBert
+from multitask.records import EpochProgress, EpochRecord, format_epoch
 from multitask.regularizers import Regularizers
-from multitask.schedule import SCHEDULES, task_order
+from multitask.schedule import SCHEDULES, epoch_plan
 from multitask.tasks import TASKS
-from multitask.throughput import training_flops_per_token
+from multitask.throughput import epoch_throughput
 from smart import DropoutReplay, WeightAverage
 
 log = logging.getLogger(__name__)
 
 
-# Updates between returns of freed heap memory to the OS (minbert.plumbing.machine): often enough that the
-# heap cannot ratchet up between two, rarely enough that the cost is lost in the step time.
+# Updates between returns of freed heap memory to the OS (release_free_memory): often enough that
+# the heap cannot ratchet up between two, rarely enough that the cost is lost in the step time.
 RELEASE_MEMORY_EVERY = 5
 # Steps timed before the run's length is estimated in the log: past the first steps' one-off
 # costs, early enough to be useful.
 ESTIMATE_AFTER_STEPS = 20
 # --lr by --option: heads alone on a frozen encoder take a larger step than a whole model.
 DEFAULT_LR = {"pretrain": 1e-3, "finetune": 5e-5}
-
-
-# Epoch record fields that measure the machine rather than the run: two identical runs differ only in these.
-TIMING_KEYS = frozenset({"train_seconds", "model_gflops_per_s", "matmul_peak_gflops_per_s", "of_peak"})
 
 
 class TrainingAborted(TooManyBadSteps):
@@ -93,48 +87,6 @@ class TrainSettings:
     seed: int = flag(11711, "seed of everything random: data order, heads, dropout", type=seed_type)
     max_bad_steps: int = flag(20, "abort after this many non-finite losses", type=non_negative_int)
     precision: str = flag("auto", PRECISION_HELP, choices=PRECISIONS)
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    dev_scores: dict[str, float]
-    dev_mean: float
-    train_losses: dict[str, float]
-    train_seconds: float
-    train_examples: int
-    skipped_steps: int
-    extra: dict = field(default_factory=dict)
-
-    def term_ratios(self) -> dict[str, float]:
-        """Each regulariser term's epoch mean over its task's loss: `sst_adversarial` → mean / mean of `sst`."""
-        ratios = {}
-        for key, value in self.train_losses.items():
-            task, _, term = key.partition("_")
-            if term and self.train_losses.get(task):
-                ratios[key] = value / self.train_losses[task]
-        return ratios
-
-    def as_json(self) -> dict:
-        return {"epoch": self.epoch, **{f"dev_{k}": v for k, v in self.dev_scores.items()}, "dev_mean": self.dev_mean,
-                **{f"loss_{k}": v for k, v in self.train_losses.items()},
-                **{f"ratio_{k}": v for k, v in self.term_ratios().items()}, "train_seconds": self.train_seconds,
-                "train_examples": self.train_examples, "skipped_steps": self.skipped_steps, **self.extra}
-
-
-@dataclass
-class EpochProgress:
-    """How far the epoch in progress has got: the next step of its plan and its running totals."""
-
-    epoch: int
-    step: int = 0
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    examples: int = 0
-    tokens: int = 0  # real (not padding) tokens of the finished steps
-    seconds: float = 0.0
-    bad_steps_before: int = 0
-    scaler_skips_before: int = 0
 
 
 class StepLoss(nn.Module):
@@ -307,28 +259,11 @@ class Trainer:
             self.scaler_skips = state["scaler_skips"]
 
     def epoch_plan(self, epoch: int) -> list[tuple[str, list[int], list[bool]]]:
-        """(task, batch indices, swap flags) for every step of an epoch; tasks that run dry start a new pass.
-
-        With `swap_pairs`, each pair is flagged for the other sentence order with probability ½:
-        the relations are symmetric, so this doubles the distinct inputs at no cost.
-        """
-        rng = np.random.default_rng([self.settings.seed, epoch, 1])
-        swap_rng = np.random.default_rng([self.settings.seed, epoch, 2])
-        per_task = {name: len(s) for name, s in self.samplers.items()}
-        order = task_order(self.settings.schedule, per_task, rng, epoch, self.settings.epochs)
-        queues = {name: [] for name in per_task}
-        passes = {name: 0 for name in per_task}
-        plan = []
-        for task in order:
-            if not queues[task]:
-                # Each extra pass over a small task gets its own shuffle, still reproducible.
-                queues[task] = self.samplers[task].batches_for(epoch * 1000 + passes[task])
-                passes[task] += 1
-            indices = queues[task].pop()
-            swap = self.settings.swap_pairs and self.train_sets[task].pair_encoding is not None
-            plan.append((task, indices, (swap_rng.random(len(indices)) < 0.5).tolist() if swap
-                         else [False] * len(indices)))
-        return plan
+        """(task, batch indices, swap flags) for every step of an epoch (multitask/schedule.py)."""
+        swappable = {name: self.settings.swap_pairs and ds.pair_encoding is not None
+                     for name, ds in self.train_sets.items()}
+        return epoch_plan(self.samplers, swappable, self.settings.schedule, self.settings.seed, epoch,
+                          self.settings.epochs)
 
     def train_epoch(self, epoch: int) -> EpochRecord:
         """Run the epoch's plan from `self.progress` (its start unless resumed), then evaluate on dev."""
@@ -393,18 +328,8 @@ class Trainer:
                            {"lr": self.scheduler.get_last_lr()[0],
                             **({} if self.scaler is None
                                else {"scaler_skipped_steps": self.scaler_skips - progress.scaler_skips_before}),
-                            **self.throughput(progress)})
-
-    def throughput(self, progress: EpochProgress) -> dict[str, float | int]:
-        """The epoch's real tokens, its model FLOP rate and, with a measured peak, the share of it."""
-        out: dict[str, float | int] = {"train_tokens": progress.tokens}
-        if progress.seconds > 0:
-            flops = training_flops_per_token(self.model.encoder.config) * progress.tokens / progress.seconds
-            out["model_gflops_per_s"] = round(flops / 1e9, 1)
-            if self.matmul_peak:
-                out["matmul_peak_gflops_per_s"] = round(self.matmul_peak / 1e9, 1)
-                out["of_peak"] = round(flops / self.matmul_peak, 4)
-        return out
+                            **epoch_throughput(self.model.encoder.config, progress.tokens, progress.seconds,
+                                               self.matmul_peak)})
 
     def log_estimate(self, epoch: int, steps_left_in_epoch: int, seconds_per_step: float) -> None:
         """Once per process: how long the rest of the training loop should take at the pace so far."""
@@ -459,11 +384,8 @@ class Trainer:
         self.scaler_skips += step_through_scaler(self.scaler, self.optimizer, self.updates + 1, self.scaler_skips, log)
 
     def skip_step(self, task: str, terms: dict[str, torch.Tensor]) -> None:
-        """Drop a step whose loss is not finite, so it never reaches the weights; give up after too many.
-
-        Nothing was backpropagated for it, so gradients of earlier batches in the same
-        accumulation group are kept.
-        """
+        """Drop a step whose loss is not finite (nothing was backpropagated: the accumulation group's
+        earlier gradients are kept); give up after too many."""
         self.guard.skip(f"{task} step", terms)
 
     def evaluate(self) -> dict[str, float]:
@@ -475,15 +397,3 @@ class Trainer:
     def dev_predictions(self) -> dict[str, torch.Tensor]:
         return {name: predict(self.eval_model, ds, self.settings.eval_batch_size, self.device, self.settings.precision)
                 for name, ds in self.dev_sets.items()}
-
-
-def format_epoch(record: EpochRecord) -> str:
-    """The epoch's dev scores, then its mean training losses, each regulariser term with its share of its task's."""
-    scores = "  ".join(f"{task} {value:.3f}" for task, value in record.dev_scores.items())
-    ratios = record.term_ratios()
-    losses = ", ".join(f"{key} {format_loss(value)}" + (f" ({100 * ratios[key]:#.3g}% of {key.partition('_')[0]})" if key in ratios else "")
-                       for key, value in record.train_losses.items())
-    of_peak = record.extra.get("of_peak")
-    rate = "" if of_peak is None else f", {of_peak:.0%} of the matmul peak"
-    return (f"epoch {record.epoch}: dev {scores}  mean {record.dev_mean:.3f}  "
-            f"({record.train_examples} examples in {record.train_seconds:.0f}s{rate}); train losses {losses}")

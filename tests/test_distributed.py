@@ -182,7 +182,7 @@ def test_two_processes_log_global_batch_losses_and_single_process_dev_scores(sin
 
 def test_only_rank_0_writes_the_six_prediction_files(ddp_run, tiny):
     check_predictions(ddp_run, tiny)
-    assert ddp_run["log"].count("INFO multitask: wrote ") == 6, ddp_run["log"][-3000:]
+    assert ddp_run["log"].count("INFO multitask.submission: wrote ") == 6, ddp_run["log"][-3000:]
 
 
 def test_an_uneven_last_batch_still_gives_the_weights_of_one_process(tiny, tmp_path):

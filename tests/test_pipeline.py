@@ -17,7 +17,7 @@ from multitask.regularizers import check_regularizer_flags
 from multitask_classifier import main
 from multitask.predictions import read_predictions
 from multitask.settings import parse
-from multitask.train import TIMING_KEYS
+from multitask.records import TIMING_KEYS
 from tests.conftest import read_column
 
 DATA = Path(__file__).resolve().parent.parent / "data"

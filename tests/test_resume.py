@@ -24,7 +24,8 @@ from multitask_classifier import main
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
 from multitask.resume import STATE_FILE, RunState, capture_rng, restore_cuda_rng, restore_rng
-from multitask.train import TIMING_KEYS, Trainer, TrainSettings
+from multitask.records import TIMING_KEYS
+from multitask.train import Trainer, TrainSettings
 from tests.test_checkpoint_errors import live_payload
 from tests.test_pipeline import DATA, ROWS, SEED, SPLIT_FILES, STEMS, data_args, output_args, write_tiny_file
 from tests.test_smart_training import TINY, tiny_tasks

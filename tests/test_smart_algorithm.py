@@ -15,7 +15,8 @@ from multitask.batching import encode_task
 from multitask.model import MultitaskBert
 from multitask.regularizers import Regularizers, RegularizerSettings, new_weight_average
 from multitask.tasks import COURSE_TASKS, TASKS
-from multitask.train import EpochRecord, StepLoss, format_epoch
+from multitask.records import EpochRecord, format_epoch
+from multitask.train import StepLoss
 from smart import DropoutReplay, divergence
 from smart.adversarial import adversarial_perturbation
 from smart.noise import keep_mask

@@ -6,7 +6,7 @@ import torch
 
 from minbert import BertConfig
 from multitask.throughput import matmul_peak, training_flops_per_token
-from multitask.train import EpochRecord, format_epoch
+from multitask.records import EpochRecord, format_epoch
 from tests.test_nonfinite_steps import trainer_with
 
 
