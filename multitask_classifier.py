@@ -35,7 +35,7 @@ from multitask.resume import STATE_DIR, RunState, position, run_fingerprint
 from multitask.run_lock import RunLockError, hold_output_locks
 from multitask.settings import Settings, build_parser, settings_from
 from multitask.submission import predict_from_checkpoint, write_all_predictions
-from multitask.tasks import TASKS
+from multitask.tasks import LABELLED_SPLITS, PREDICTED_SPLITS, SPLITS, TASKS
 from multitask.throughput import PEAK_SIZE, matmul_peak
 from multitask.records import format_epoch
 from multitask.train import DEFAULT_LR, ESTIMATE_AFTER_STEPS, Trainer, TrainingAborted, TrainSettings
@@ -73,10 +73,10 @@ def check_settings(settings: Settings) -> None:
         if not run.best_dir.is_dir():
             raise FlagError(f"--checkpoint: {run.best_dir} is not a directory; --predict_only needs a checkpoint "
                             "written by a training run (<out_dir>/best)")
-        splits = ("dev", "test")
+        splits = PREDICTED_SPLITS
     else:
         check_regularizer_flags(settings.regularizers, run)
-        splits = ("train", "dev") if run.skip_predictions else ("train", "dev", "test")
+        splits = LABELLED_SPLITS if run.skip_predictions else SPLITS
     for task in run.tasks:
         for split in splits:
             path = settings.data_file(task, split)
@@ -267,7 +267,7 @@ def open_run_state(settings: Settings, train: TrainSettings, device: torch.devic
     Under torchrun every rank must see the same saved state, or all of them refuse (load_agreed_state).
     """
     data_files = {f"{task}_{split}": settings.data_file(task, split)
-                  for task in settings.run.tasks for split in ("train", "dev")}
+                  for task in settings.run.tasks for split in LABELLED_SPLITS}
     flags = {**settings.flags, "lr": train.lr, "precision": train.precision}
     run_state = RunState(settings.run.out_dir / STATE_DIR, run_fingerprint(flags, device, data_files))
     saved = load_agreed_state(env, run_state) if settings.run.resume else None

@@ -16,7 +16,7 @@ from minbert.corpus import PackedSequences
 from minbert.masking import IGNORE_INDEX, MaskingVocab, mask_tokens
 from minbert.mlm import BertForMaskedLM
 from minbert.optimizer import AdamW, warmup_linear_decay
-from minbert.plumbing.flags import flag, non_negative, number, positive, positive_int
+from minbert.plumbing.flags import COURSE_SEED, flag, non_negative, number, positive, positive_int
 from minbert.plumbing.flags import seed as seed_type
 from minbert.plumbing.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups, step_through_scaler
 from minbert.plumbing.machine import PRECISION_HELP, PRECISIONS, autocast, grad_scaler
@@ -54,7 +54,7 @@ class MLMSettings:
                                    type=number(0.0, 1.0, low_open=True, high_open=True))
     whole_word_mask: bool = flag(False, "select whole words (a token and its ## pieces)")
     eval_every: int = flag(50, "evaluate on the held-out rows every N updates", type=positive_int)
-    seed: int = flag(11711, "head initialisation, batch order and training masks", type=seed_type)
+    seed: int = flag(COURSE_SEED, "head initialisation, batch order and training masks", type=seed_type)
     # Evaluation always draws its masks from this seed, so every evaluation scores the same task.
     eval_mask_seed: int = 1234
     max_bad_steps: int = 20

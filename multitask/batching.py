@@ -17,7 +17,7 @@ from multitask.tasks import Task
 PairEncoding = Literal["cross", "bi"]
 Item = dict[str, Any]
 
-# Examples per tokenizer call: large enough for the Rust batch encoder to use both cores,
+# Examples per tokenizer call: large enough for the Rust batch encoder to run in parallel,
 # small enough that one call never holds a whole large corpus of Encoding objects.
 TOKENIZE_CHUNK = 2048
 

@@ -6,7 +6,7 @@ import torch
 
 from minbert.plumbing.machine import DeviceError, autocast
 from multitask.model import MultitaskBert
-from multitask.regularizers import RegularizerSettings
+from multitask.regularizers import TERMS, RegularizerSettings
 from smart import DropoutReplay
 
 # A small batch: the check costs a few forward passes, and the masks it compares are drawn per element.
@@ -22,8 +22,7 @@ def shares_dropout_masks(settings: RegularizerSettings) -> bool:
     """
     if settings.smart_dropout != "shared":
         return False
-    return ((settings.adversarial and settings.smart_lambda != 0) or (settings.r3f and settings.r3f_lambda != 0)
-            or settings.needs_average)
+    return any(settings.on(term.name) for term in TERMS if term.replays_masks) or settings.needs_average
 
 
 def check_dropout_replay(model: MultitaskBert, device: torch.device, precision: str) -> None:

@@ -27,6 +27,25 @@ def new_weight_average(model: MultitaskBert, beta: float | None) -> WeightAverag
     return WeightAverage(model, beta=beta, window_fraction=TEACHER_WINDOW_FRACTION)
 
 
+@dataclass(frozen=True)
+class Term:
+    """One regulariser term as the flags see it: the switch that turns it on, its weight, its tasks."""
+
+    name: str  # the loss term's name in logs and metrics
+    switch: str  # the RegularizerSettings property that is True when the term is switched on
+    flag: str  # the command-line switch behind it
+    weight: str  # the field holding its weight (0: the term does not run)
+    tasks: str  # the field naming the tasks whose steps get it (None: every task)
+    replays_masks: bool  # its perturbed pass replays the clean pass's masks under --smart_dropout shared
+
+
+# The one table of the regularisers: the flag rules, the banner, the start-up mask check and the
+# step's terms all read it. (The Bregman teacher replays the student's masks whatever the flag.)
+TERMS = (Term("adversarial", "adversarial", "smart", "smart_lambda", "smart_tasks", True),
+         Term("bregman", "bregman", "smart", "bregman_mu", "smart_tasks", False),
+         Term("r3f", "r3f", "r3f", "r3f_lambda", "r3f_tasks", True),
+         Term("rdrop", "rdrop", "rdrop", "rdrop_alpha", "rdrop_tasks", False))
+TERM = {term.name: term for term in TERMS}
 DROPOUT_MODES = ("shared", "independent")
 RDROP_FORMS = ("paper", "first_pass")
 # The paper's step-to-radius ratio η/ε = 1e-3/1e-5: one ℓ∞-normalised step takes nearly every
@@ -110,19 +129,24 @@ class RegularizerSettings:
     def bregman(self) -> bool:
         return self.smart and not self.no_bregman
 
+    def on(self, term: str) -> bool:
+        """Whether `term` (a name in TERMS) is switched on with a nonzero weight."""
+        spec = TERM[term]
+        return getattr(self, spec.switch) and getattr(self, spec.weight) != 0
+
+    def on_task(self, term: str, task: str) -> bool:
+        """Whether `term` is on for this task's steps."""
+        tasks = getattr(self, TERM[term].tasks)
+        return self.on(term) and (tasks is None or task in tasks)
+
     @property
     def needs_average(self) -> bool:
         """Whether the Bregman term runs, and so needs the run's weight average."""
-        return self.bregman and self.bregman_mu != 0
+        return self.on("bregman")
 
     @property
     def any(self) -> bool:
-        return ((self.adversarial and self.smart_lambda != 0) or (self.bregman and self.bregman_mu != 0)
-                or (self.r3f and self.r3f_lambda != 0) or (self.rdrop and self.rdrop_alpha != 0))
-
-
-def runs_on(task: str, tasks: tuple[str, ...] | None) -> bool:
-    return tasks is None or task in tasks
+        return any(self.on(term.name) for term in TERMS)
 
 
 class Regularizers:
@@ -148,18 +172,12 @@ class Regularizers:
 
     def runs(self, term: str, task: str) -> bool:
         """Whether `term` is switched on with a nonzero weight, for this task's steps."""
-        s = self.settings
-        switched, weight, tasks = {
-            "adversarial": (s.adversarial, s.smart_lambda, s.smart_tasks),
-            "r3f": (s.r3f, s.r3f_lambda, s.r3f_tasks),
-            "rdrop": (s.rdrop, s.rdrop_alpha, s.rdrop_tasks),
-            "bregman": (self.average is not None, s.bregman_mu, s.smart_tasks),
-        }[term]
-        return switched and weight != 0 and runs_on(task, tasks)
+        return self.settings.on_task(term, task)
 
     def shares_masks(self, task: str) -> bool:
         """Whether this task's step has a perturbed pass that replays the clean pass's dropout masks."""
-        return self.settings.smart_dropout == "shared" and (self.runs("adversarial", task) or self.runs("r3f", task))
+        return self.settings.smart_dropout == "shared" and any(
+            self.runs(term.name, task) for term in TERMS if term.replays_masks)
 
     def perturbed_function(self, model: MultitaskBert, task: str, mask: torch.Tensor,
                            masks: DropoutReplay | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -212,13 +230,10 @@ class Regularizers:
         return self.settings.bregman_mu * bregman_loss(output, teacher_output, TASKS[task].kind)
 
 
-REGULARIZER_SWITCHES = {"--smart_tasks": "smart", "--r3f_tasks": "r3f", "--rdrop_tasks": "rdrop"}
-
-
 def check_regularizer_flags(regularizers: RegularizerSettings, run: RunSettings) -> None:
     """The flag rules of the regularisers (see --help): contradictions are errors naming both flags."""
     r = regularizers
-    for flag, switch in REGULARIZER_SWITCHES.items():
+    for flag, switch in {f"--{term.tasks}": term.flag for term in TERMS}.items():
         named = getattr(r, flag[2:])
         if named is None:
             continue
@@ -242,7 +257,7 @@ def check_regularizer_flags(regularizers: RegularizerSettings, run: RunSettings)
         raise FlagError("--smart and --r3f both add a smoothness term at a perturbed δ (adversarial "
                         "and random); choose one, or use --smart --no_adversarial --r3f for R3F with the "
                         "Bregman term")
-    switched = [f"--{name}" for name in ("smart", "r3f", "rdrop") if getattr(r, name)]
+    switched = [f"--{name}" for name in dict.fromkeys(term.flag for term in TERMS) if getattr(r, name)]
     if switched and run.option != "finetune":
         raise FlagError(f"{' '.join(switched)} regularise fine-tuning, but --option {run.option} "
                         "freezes the encoder; add --option finetune")
@@ -257,16 +272,16 @@ def describe(settings: RegularizerSettings, tasks: tuple[str, ...]) -> str:
         return ",".join(t for t in tasks if named is None or t in named)
 
     parts = []
-    if settings.adversarial and settings.smart_lambda:
+    if settings.on("adversarial"):
         parts.append(f"SMART adversarial (λ_s {settings.smart_lambda:g}, ε {settings.smart_eps:g}, η "
                      f"{settings.step_size:g}, σ {settings.sigma:g}, {settings.smart_steps} ascent step(s) in "
                      f"{settings.smart_ascent_precision}, {settings.smart_dropout} dropout masks) "
                      f"on {on(settings.smart_tasks)}")
-    if settings.bregman and settings.bregman_mu:
+    if settings.on("bregman"):
         parts.append(f"Bregman term towards the weight average (μ {settings.bregman_mu:g}) on {on(settings.smart_tasks)}")
-    if settings.r3f and settings.r3f_lambda:
+    if settings.on("r3f"):
         parts.append(f"R3F ({settings.r3f_noise}, ε {settings.r3f_eps:g}, {settings.smart_dropout} dropout masks) "
                      f"on {on(settings.r3f_tasks)}")
-    if settings.rdrop and settings.rdrop_alpha:
+    if settings.on("rdrop"):
         parts.append(f"R-Drop (α {settings.rdrop_alpha:g}, {settings.rdrop_form} form) on {on(settings.rdrop_tasks)}")
     return "; ".join(parts)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from multitask.settings import OUTPUT_SPLITS
+from multitask.tasks import PREDICTED_SPLITS
 
 if TYPE_CHECKING:
     from multitask.distributed import DistEnv
@@ -230,7 +230,7 @@ def output_locks(settings: Settings) -> list[LockSpec]:
     if run.predict_only or not run.skip_predictions:
         flags_by_dir: dict[Path, list[str]] = {}
         for task in run.tasks:
-            for split in OUTPUT_SPLITS:
+            for split in PREDICTED_SPLITS:
                 directory = settings.output_file(task, split).parent
                 # Keyed by the resolved path: two spellings of one directory are one lock, not a refusal
                 # of this run by itself.

@@ -12,11 +12,9 @@ from minbert.plumbing.flags import (DefaultsHelpFormatter, FlagError, OneLineErr
 from multitask.model import ModelSettings
 from multitask.predictions import prediction_path
 from multitask.regularizers import RegularizerSettings
-from multitask.tasks import COURSE_TASKS, SPLITS, TASKS, parse_task_names
+from multitask.tasks import COURSE_TASKS, DATA_DIR, PREDICTED_SPLITS, SPLITS, TASKS, parse_task_names
 from multitask.train import TrainSettings
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-OUTPUT_SPLITS = ("dev", "test")
 
 
 @dataclass
@@ -85,8 +83,8 @@ class Settings:
 
 def file_flags(task: str) -> dict[str, Path]:
     """A task's file flags (without the dashes) and their defaults: the course's files and prediction names."""
-    flags = {f"{task}_{split}": TASKS[task].file(DATA, split) for split in SPLITS}
-    flags.update({f"{task}_{split}_out": prediction_path("predictions", task, split) for split in OUTPUT_SPLITS})
+    flags = {f"{task}_{split}": TASKS[task].file(DATA_DIR, split) for split in SPLITS}
+    flags.update({f"{task}_{split}_out": prediction_path("predictions", task, split) for split in PREDICTED_SPLITS})
     return flags
 
 

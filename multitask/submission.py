@@ -20,7 +20,7 @@ from multitask.evaluate import overall, predict
 from multitask.model import MultitaskBert
 from multitask.predictions import (PredictionFile, PredictionFileError, prediction_path, read_predictions,
                                    write_predictions)
-from multitask.tasks import COURSE_TASKS, TASKS
+from multitask.tasks import COURSE_TASKS, PREDICTED_SPLITS, TASKS
 
 if TYPE_CHECKING:  # a type only: multitask.settings is above this module
     from multitask.settings import Settings
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # a type only: multitask.settings is above this module
 log = logging.getLogger(__name__)
 
 # The course grades the three course tasks only; an optional task (CFIMDB) is not submitted.
-PREDICTION_FILES = tuple((task, split) for task in COURSE_TASKS for split in ("dev", "test"))
+PREDICTION_FILES = tuple((task, split) for task in COURSE_TASKS for split in PREDICTED_SPLITS)
 # What the grader gets besides the predictions: the code that made them, nothing run-specific.
 CODE = ("minbert", "multitask", "smart", "scripts", "multitask_classifier.py", "requirements.txt", "README.md")
 SKIPPED_SUFFIXES = (".pyc", ".pyo", ".tmp")
@@ -181,7 +181,7 @@ def write_all_predictions(model: MultitaskBert, tokenizer, settings: Settings, d
     dev_scores = {}
     for task in tasks or settings.run.tasks:
         spec = TASKS[task]
-        for split in ("dev", "test"):
+        for split in PREDICTED_SPLITS:
             # Read without labels: a dev row whose label is unusable still gets its prediction line.
             examples = spec.read(settings.data_file(task, split), labelled=False).examples
             known = (kept_dev or {}).get(task, {}) if split == "dev" else {}

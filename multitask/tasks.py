@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 Kind = Literal["multiclass", "binary", "regression"]
 Split = Literal["train", "dev", "test"]
 SPLITS: tuple[Split, ...] = ("train", "dev", "test")
+# The splits a run writes prediction files for, and those it learns and scores from.
+PREDICTED_SPLITS: tuple[Split, ...] = ("dev", "test")
+LABELLED_SPLITS: tuple[Split, ...] = ("train", "dev")
+# The course's CSV files (data/README.md says where each comes from).
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 @dataclass(frozen=True)

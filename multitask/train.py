@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from minbert.optimizer import AdamW, warmup_linear_decay
-from minbert.plumbing.flags import flag, non_negative, non_negative_int, positive, positive_int
+from minbert.plumbing.flags import COURSE_SEED, flag, non_negative, non_negative_int, positive, positive_int
 from minbert.plumbing.flags import seed as seed_type
 from minbert.plumbing.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups, step_through_scaler
 from minbert.plumbing.machine import (PRECISION_HELP, PRECISIONS, RESOLVED_PRECISIONS, autocast, grad_scaler,
@@ -84,7 +84,7 @@ class TrainSettings:
     swap_pairs: bool = flag(True, "keep each pair's sentences in the order read; by default a training pair is "
                                   "shown in a random order and a pair's prediction averages both orders",
                             name="--no_pair_swap", negated=True)
-    seed: int = flag(11711, "seed of everything random: data order, heads, dropout", type=seed_type)
+    seed: int = flag(COURSE_SEED, "seed of everything random: data order, heads, dropout", type=seed_type)
     max_bad_steps: int = flag(20, "abort after this many non-finite losses", type=non_negative_int)
     precision: str = flag("auto", PRECISION_HELP, choices=PRECISIONS)
 

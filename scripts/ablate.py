@@ -26,8 +26,8 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minbert.plumbing.atomic import atomic_write_text  # noqa: E402
-from minbert.plumbing.flags import OneLineErrorParser, positive_int  # noqa: E402
-from minbert.plumbing.machine import PRECISIONS  # noqa: E402
+from minbert.mlm_training import MLMSettings  # noqa: E402
+from minbert.plumbing.flags import COURSE_SEED, OneLineErrorParser, add_flags, positive_int  # noqa: E402
 from multitask.ablation import (BASELINE, GRID, MLM_SCRIPT, GridError, GridSettings, RunResult,  # noqa: E402
                                 check_extra_args, finished_results, parse_configs, parse_seeds, report_paths,
                                 run_grid)
@@ -47,8 +47,8 @@ from multitask.train import TrainSettings  # noqa: E402
 QUICK = {"epochs": 1, "train_limit": 64, "seeds": "1", "dev_limit": 200, "skip_predictions": True,
          "mlm_steps": 10, "out_dir": Path("runs/ablations_quick")}
 # The full budget trains as long as multitask_classifier.py does by default.
-FULL = {"epochs": TrainSettings.epochs, "train_limit": None, "seeds": "11711,1,2", "dev_limit": None,
-        "skip_predictions": False, "mlm_steps": 300, "out_dir": Path("results/ablations")}
+FULL = {"epochs": TrainSettings.epochs, "train_limit": None, "seeds": f"{COURSE_SEED},1,2", "dev_limit": None,
+        "skip_predictions": False, "mlm_steps": MLMSettings.max_steps, "out_dir": Path("results/ablations")}
 # The data-size axis writes elsewhere: its summaries are results/ablations_by_size.{json,md,png}.
 BY_SIZE_OUT = {"full": Path("results/ablations_by_size"), "quick": Path("runs/ablations_by_size_quick")}
 
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 usage="%(prog)s [options] [-- training flags for multitask_classifier.py]")
     p.add_argument("--configs", help=f"comma list from {','.join(GRID)} (default: all; with --train_fraction: "
                                      f"{','.join(BY_SIZE_ROWS)})")
-    p.add_argument("--seeds", help="a count (3 = 11711,1,2) or a comma list; '42,' is the single seed 42 "
+    p.add_argument("--seeds", help=f"a count (3 = {COURSE_SEED},1,2) or a comma list; '42,' is the single seed 42 "
                                    f"(default {FULL['seeds']}; --quick: 1)")
     p.add_argument("--epochs", type=positive_int, help=f"epochs per run (default {FULL['epochs']}; --quick: 1)")
     p.add_argument("--train_limit", type=positive_int,
@@ -114,8 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  f"--quick: {QUICK['mlm_steps']})")
     p.add_argument("--mlm_script", type=Path, default=MLM_SCRIPT,
                    help="the MLM pretraining script (takes --out_dir --max_steps --seed)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="compute precision of every run and of the MLM stage (see multitask_classifier.py --help)")
+    add_flags(p, TrainSettings, only=("precision",))  # every run's precision, and the MLM stage's
     p.add_argument("--keep_checkpoints", action="store_true",
                    help="keep each run's best checkpoint (by default removed once the run is finished)")
     p.add_argument("--reference", type=parse_reference,
@@ -136,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "run's seed: the same rows for every row at a seed) into <out_dir>/frac<F>/; the "
                            f"summaries go to <out_dir>.json/.md/.png (default out_dir {BY_SIZE_OUT['full']})")
     size.add_argument("--seeds_by_fraction", metavar="F:N,...",
-                      help="N seeds at fraction F (a count as in --seeds: 5 = 11711,1,2,3,4), e.g. 0.02:5,0.1:5,0.3:3; "
+                      help=f"N seeds at fraction F (a count as in --seeds: 5 = {COURSE_SEED},1,2,3,4), e.g. 0.02:5,0.1:5,0.3:3; "
                            "other fractions take --seeds")
     size.add_argument("--epochs_by_fraction", metavar="F:E,...",
                       help="E epochs at fraction F, as --pilot reports them; other fractions take --epochs")

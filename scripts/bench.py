@@ -37,11 +37,10 @@ from minbert.plumbing.machine import autocast, resolve_precision  # noqa: E402
 from multitask.batching import compare_padding, encode_task  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average  # noqa: E402
-from multitask.tasks import CFIMDB, PARA, SST, STS  # noqa: E402
+from multitask.tasks import CFIMDB, DATA_DIR, PARA, SST, STS  # noqa: E402
 from multitask.throughput import matmul_peak  # noqa: E402
 from multitask.train import StepLoss  # noqa: E402
 
-DATA = Path(__file__).resolve().parent.parent / "data"
 BATCH = 32
 # SMART with T = 1 and the teacher: clean fwd+bwd (3F), noisy fwd (F), backward to δ only (≈F: no
 # weight gradients), adversarial fwd+bwd (3F), teacher fwd (F) = 9F against plain's 3F; the fp32
@@ -58,10 +57,10 @@ def realistic_batch(tokenizer, length: int, seed: int = 0) -> dict[str, torch.Te
     Lengths are drawn uniformly from [length/2, length] (mean 3/4 of the grid) and the longest
     sets the padded width, as in a batch of real sentences of mixed length.
     """
-    texts = [e.text for e in SST.read(DATA / "ids-sst-train.csv").examples]
-    texts += [e.text for e in CFIMDB.read(DATA / "ids-cfimdb-train.csv").examples]  # reviews: the long inputs
-    pairs = [(e.text_a, e.text_b) for e in PARA.read(DATA / "quora-train.csv").examples[:6000]]
-    pairs += [(e.text_a, e.text_b) for e in STS.read(DATA / "sts-train.csv").examples]
+    texts = [e.text for e in SST.read(SST.file(DATA_DIR, "train")).examples]
+    texts += [e.text for e in CFIMDB.read(CFIMDB.file(DATA_DIR, "train")).examples]  # reviews: the long inputs
+    pairs = [(e.text_a, e.text_b) for e in PARA.read(PARA.file(DATA_DIR, "train")).examples[:6000]]
+    pairs += [(e.text_a, e.text_b) for e in STS.read(STS.file(DATA_DIR, "train")).examples]
     ids, types = tokenizer.encode_lists(texts, max_length=length)
     pair_ids, pair_types = tokenizer.encode_lists([a for a, _ in pairs], [b for _, b in pairs], max_length=length)
     pool = list(zip(ids + pair_ids, types + pair_types))
@@ -233,8 +232,8 @@ def regulariser_table(tokenizer, length: int, reps: int) -> list[dict]:
 
 def padding_table(tokenizer) -> list[dict]:
     rows = []
-    for spec, file in ((SST, "ids-sst-train.csv"), (PARA, "quora-train.csv"), (STS, "sts-train.csv")):
-        dataset = encode_task(spec.read(DATA / file).examples, tokenizer, spec)
+    for spec in (SST, PARA, STS):
+        dataset = encode_task(spec.read(spec.file(DATA_DIR, "train")).examples, tokenizer, spec)
         report = compare_padding(dataset, BATCH)
         rows.append({"task": spec.name, "bucketed": report.bucketed, "random": report.random})
     return rows

@@ -21,13 +21,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from multitask.submission import build_zip, check_predictions, dev_score_line, dev_scores  # noqa: E402
+from multitask.tasks import DATA_DIR  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--predictions", type=Path, default=Path("predictions"),
                    help="directory with sst-dev-output.csv, sst-test-output.csv, para-…, sts-…")
-    p.add_argument("--data_dir", type=Path, default=REPO / "data", help="the course input CSVs the ids come from")
+    p.add_argument("--data_dir", type=Path, default=DATA_DIR, help="the course input CSVs the ids come from")
     p.add_argument("--out", type=Path, default=Path("submission.zip"))
     p.add_argument("--check_only", action="store_true", help="validate the files, write no zip")
     return p

@@ -37,8 +37,10 @@ from minbert.plumbing.machine import (DeviceError, allow_tf32, pick_device, prec
 from minbert.plumbing.progress import DEFAULT_INTERVAL, show_progress  # noqa: E402
 from multitask.corpus import pretraining_texts, training_files  # noqa: E402
 from multitask.data import DataError  # noqa: E402
+from multitask.model import ModelSettings  # noqa: E402
+from multitask.settings import RunSettings  # noqa: E402
+from multitask.tasks import DATA_DIR  # noqa: E402
 
-DATA = Path(__file__).resolve().parent.parent / "data"
 METRICS_FILE = "mlm_metrics.jsonl"
 RUN_FILE = "pretrain_run.json"
 
@@ -51,18 +53,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter)
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--pretrained", type=Path, default=None,
-                   help="Hugging Face style BERT directory, or Hub model id such as bert-base-uncased (downloaded "
-                        "once into the Hugging Face cache), to start from (default: the packaged all-MiniLM-L6-v2)")
+    add_flags(p, ModelSettings, only=("pretrained",))  # the encoder to start from
     p.add_argument("--out_dir", type=Path, default=Path("runs/mlm"), help="where the adapted model goes")
-    p.add_argument("--data_dir", type=Path, default=DATA, help="directory of the course CSV files")
+    p.add_argument("--data_dir", type=Path, default=DATA_DIR, help="directory of the course CSV files")
     p.add_argument("--corpus", type=Path, action="append", default=[],
                    help="extra text, one document per line (repeatable)")
     p.add_argument("--held_out", type=number(0.0, 1.0, low_open=True, high_open=True), default=0.05, help="fraction of documents held out for evaluation")
     p.add_argument("--split_seed", type=seed, default=0,
                    help="seed of the held-out split (kept apart from --seed so runs share one held-out set)")
     p.add_argument("--max_length", type=integer(8), default=128, help="tokens per packed row, [CLS] included")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto takes CUDA when present")
+    add_flags(p, RunSettings, only=("device",))
     # The optimisation flags come from MLMSettings, where their defaults are written.
     add_flags(p.add_mutually_exclusive_group(), MLMSettings, only=("max_steps", "epochs"))
     add_flags(p, MLMSettings, exclude=("max_steps", "epochs"))

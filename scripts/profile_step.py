@@ -30,10 +30,9 @@ from minbert.plumbing.machine import autocast, resolve_precision  # noqa: E402
 from multitask.batching import BucketBatchSampler, encode_task  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average  # noqa: E402
-from multitask.tasks import COURSE_TASKS, TASKS  # noqa: E402
+from multitask.tasks import COURSE_TASKS, DATA_DIR, TASKS  # noqa: E402
 from multitask.train import StepLoss, build_optimizer  # noqa: E402
 
-DATA = Path(__file__).resolve().parent.parent / "data"
 CPU = torch.device("cpu")
 
 
@@ -43,7 +42,7 @@ def step_batches(batch_size: int, count: int) -> list[tuple[str, dict[str, torch
     queues = {}
     for name in COURSE_TASKS:
         spec = TASKS[name]
-        dataset = encode_task(spec.read(spec.file(DATA, "train")).examples[:2000], tokenizer, spec, "cross", 128)
+        dataset = encode_task(spec.read(spec.file(DATA_DIR, "train")).examples[:2000], tokenizer, spec, "cross", 128)
         indices = BucketBatchSampler(dataset.lengths(), batch_size, seed=0).batches_for(0)
         queues[name] = [dataset.batch(batch) for batch in indices]
     return [(COURSE_TASKS[i % 3], queues[COURSE_TASKS[i % 3]][i // 3]) for i in range(count)]

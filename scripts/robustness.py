@@ -22,14 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minbert import CheckpointError  # noqa: E402
 from minbert.plumbing.atomic import atomic_write_text  # noqa: E402
-from minbert.plumbing.flags import OneLineErrorParser, integer  # noqa: E402
+from minbert.plumbing.flags import OneLineErrorParser, add_flags, integer  # noqa: E402
+from minbert.plumbing.machine import DeviceError, pick_device, resolve_precision  # noqa: E402
 from multitask.checkpoint import RUN_FILE  # noqa: E402
 from multitask.data import DataError  # noqa: E402
 from multitask.robustness import measure_checkpoint  # noqa: E402
-from multitask.robustness.measure import MEASURED_TASKS, PRECISIONS  # noqa: E402
+from multitask.robustness.measure import MEASURED_TASKS  # noqa: E402
 from multitask.robustness.report import format_table, legend  # noqa: E402
-from multitask.settings import DATA  # noqa: E402
-from multitask.tasks import TASKS  # noqa: E402
+from multitask.settings import RunSettings  # noqa: E402
+from multitask.tasks import DATA_DIR, TASKS  # noqa: E402
+from multitask.train import TrainSettings  # noqa: E402
 
 
 def attack_limit(text: str) -> int | None:
@@ -41,14 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="a multitask checkpoint directory (<out_dir>/best of multitask_classifier.py)")
-    p.add_argument("--data_dir", type=Path, default=DATA,
+    p.add_argument("--data_dir", type=Path, default=DATA_DIR,
                    help="where the course's dev files are (default: the repository's data/)")
     p.add_argument("--dev_limit", type=integer(1), default=None, help="the first N examples of each dev set")
     p.add_argument("--attack_limit", type=attack_limit, default=500,
                    help="the first N of those for the typo attack, or 'all' (default: 500)")
     p.add_argument("--seed", type=int, default=0, help="seeds the text noise, the typos and δ₀")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    add_flags(p, RunSettings, only=("device",))
+    add_flags(p, TrainSettings, only=("precision",))
+    # Measured in fp32 on the CPU unless asked: the measures compare models, so every one is taken alike.
+    p.set_defaults(device="cpu", precision="fp32")
     p.add_argument("--json", type=Path, default=None, help="also write the measures here")
     return p
 
@@ -78,11 +82,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"[{time.perf_counter() - started:6.0f}s] {message}", file=sys.stderr, flush=True)
 
     try:
+        device = pick_device(args.device)
+        args.precision = resolve_precision(args.precision, device)
         files = dev_files(args.checkpoint, args.data_dir)
-        measures = measure_checkpoint(args.checkpoint, files, seed=args.seed, device=args.device,
+        measures = measure_checkpoint(args.checkpoint, files, seed=args.seed, device=device,
                                       precision=args.precision, dev_limit=args.dev_limit,
                                       attack_limit=args.attack_limit, progress=progress)
-    except (CheckpointError, DataError) as err:
+    except (CheckpointError, DataError, DeviceError) as err:
         sys.exit(f"error: {err}")
     print(f"{args.checkpoint}: dev sets from {args.data_dir}, seed {args.seed}, "
           f"{'all' if args.dev_limit is None else args.dev_limit} dev examples per task, {args.precision}")

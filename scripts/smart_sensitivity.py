@@ -33,11 +33,10 @@ from multitask.batching import EncodedTask, encode_task  # noqa: E402
 from multitask.checkpoint import load_checkpoint  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import STEP_PER_EPS  # noqa: E402
-from multitask.tasks import COURSE_TASKS, TASKS  # noqa: E402
+from multitask.tasks import COURSE_TASKS, DATA_DIR, TASKS  # noqa: E402
 from smart import DropoutReplay, divergence, r3f_loss, smoothness_loss  # noqa: E402
 
 EPS_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def batch_terms(model: MultitaskBert, task: str, batch: dict[str, torch.Tensor], eps_grid: tuple[float, ...],
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     datasets = {}
     for task in model.tasks:
         spec = TASKS[task]
-        examples = spec.read(spec.file(DATA, "train")).examples[: args.examples]
+        examples = spec.read(spec.file(DATA_DIR, "train")).examples[: args.examples]
         datasets[task] = encode_task(examples, tokenizer, spec, model.pair_encoding, 128)
     started = time.perf_counter()
     results = {precision: measure(model, datasets, eps_grid, precision, args.batch_size, args.step_ratio,

@@ -23,13 +23,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minbert.plumbing.atomic import atomic_write_text  # noqa: E402
-from minbert.plumbing.flags import OneLineErrorParser  # noqa: E402
-from minbert.plumbing.machine import PRECISION_HELP, PRECISIONS  # noqa: E402
+from minbert.plumbing.flags import COURSE_SEED, OneLineErrorParser, add_flags  # noqa: E402
 from minbert.plumbing.progress import format_loss  # noqa: E402
 from multitask.ablation import GridError, GridSettings, RunResult, finished_results, parse_seeds, run_grid  # noqa: E402
 from multitask.ablation.grid import report_paths  # noqa: E402
 from multitask.ablation.seed_stats import (format_difference, format_stat, mean_std, metric_columns,  # noqa: E402
                                            paired_difference, per_seed, time_ratio)
+from multitask.train import TrainSettings  # noqa: E402
 
 # name: (ε, λ_s) as written on the command line, in the order the sweep runs them (the largest
 # terms first: they are the candidates for an active default).
@@ -127,16 +127,16 @@ def markdown(seeds: list[int], rows: dict[str, list[RunResult]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", default="11711,1",
+    p.add_argument("--seeds", default=f"{COURSE_SEED},1",
                    help="comma list of seeds, run in this order ('1,' is the single seed 1: a lone number N "
-                        "is a count, the course's seed 11711 then 1..N-1)")
+                        f"is a count, the course's seed {COURSE_SEED} then 1..N-1)")
     p.add_argument("--points", default=",".join(POINTS), help=f"comma list from {','.join(POINTS)}")
     p.add_argument("--out_dir", type=Path, default=Path("results/smart_sweep_runs"),
                    help="run directories, one per point, and beside each its report <point>.json (kept in git: a "
                         "fresh clone skips the runs it records)")
     p.add_argument("--report", type=Path, default=Path("results/smart_sweep"),
                    help="the table goes to REPORT.md and REPORT.json")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    add_flags(p, TrainSettings, only=("precision",))
     p.add_argument("--report_only", action="store_true", help="run nothing: the table from the finished runs")
     args = p.parse_args(argv)
     try:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Order matters only for error messages; the trainer maps sst → multiclass, para → binary,
-# sts → regression.
+# The kinds of task head, each with its divergence (a task names its kind: multitask/tasks.py).
 KINDS: tuple[str, ...] = ("multiclass", "binary", "regression")
 
 

@@ -6,15 +6,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from multitask.tasks import TASKS
+from minbert.mlm_training import MLMSettings
+from minbert.plumbing.flags import COURSE_SEED
+from multitask.tasks import PREDICTED_SPLITS, TASKS
 
 REPO = Path(__file__).resolve().parents[2]
 MLM_SCRIPT = REPO / "scripts" / "pretrain_mlm.py"
 # The row every other configuration is compared with, seed by seed.
 BASELINE = "baseline"
-# A lone count N in --seeds means the course's seed first, then 1..N-1: the first run of any grid
-# is then the same run as the README's default command.
-COURSE_SEED = 11711
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ GRID: dict[str, Configuration] = {c.name: c for c in (
 # differ in budget, or write into each other's directories.
 RUNNER_FLAGS = ("--epochs", "--seed", "--out_dir", "--train_limit", "--train_fraction", "--dev_limit",
                 "--skip_predictions", "--precision", "--option", "--predict_only", "--checkpoint",
-                *(f"--{task}_{split}_out" for task in TASKS for split in ("dev", "test")))
+                *(f"--{task}_{split}_out" for task in TASKS for split in PREDICTED_SPLITS))
 
 
 class GridError(ValueError):
@@ -66,7 +65,7 @@ class GridSettings:
     skip_predictions: bool = False
     extra_args: list[str] = field(default_factory=list)
     mlm_dir: Path | None = None
-    mlm_steps: int = 300  # the default of scripts/pretrain_mlm.py
+    mlm_steps: int = MLMSettings.max_steps
     mlm_script: Path = MLM_SCRIPT
     keep_checkpoints: bool = False
     precision: str = "auto"  # passed to every run and to the MLM stage
@@ -108,10 +107,11 @@ def parse_seeds(text: str) -> list[int]:
             count = int(parts[0])
             if count < 1:
                 raise ValueError
+            # The course's seed first: the first run of any grid is the README's default command.
             return [COURSE_SEED, *range(1, count)]
         seeds = [int(part) for part in parts if part]
     except ValueError:
-        raise GridError(f"--seeds {text!r}: give a count (3) or a comma list (11711,1,2; '42,' for the "
+        raise GridError(f"--seeds {text!r}: give a count (3) or a comma list ({COURSE_SEED},1,2; '42,' for the "
                         "single seed 42)") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise GridError(f"--seeds {text!r}: the list is empty or repeats a seed")

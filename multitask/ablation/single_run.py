@@ -16,7 +16,8 @@ from minbert.plumbing.atomic import atomic_write_text
 from minbert.plumbing.machine import cpu_flags, cpu_info, native_bf16_label
 from minbert.plumbing.progress import newest_progress
 from multitask.ablation.grid import REPO, Configuration, GridError, GridSettings, report_paths, run_dir
-from multitask.tasks import TASKS
+from multitask.predictions import prediction_path
+from multitask.tasks import PREDICTED_SPLITS, TASKS
 
 CLASSIFIER = REPO / "multitask_classifier.py"
 DONE = "done.json"
@@ -78,8 +79,8 @@ def build_command(settings: GridSettings, config: Configuration, seed: int, mlm_
         command.append("--skip_predictions")
     else:
         for task in TASKS:
-            for split in ("dev", "test"):
-                command += [f"--{task}_{split}_out", str(directory / "predictions" / f"{task}-{split}-output.csv")]
+            for split in PREDICTED_SPLITS:
+                command += [f"--{task}_{split}_out", str(prediction_path(directory / "predictions", task, split))]
     command += [*config.flags, *settings.extra_args]
     if config.uses_mlm:
         # Last, so that a --pretrained among the extra flags still leaves these rows on the MLM encoder.
@@ -91,7 +92,7 @@ def machine_description() -> str:
     """The hardware a run trains on, e.g. "AMD EPYC (AVX512-BF16), 2 CPUs" (the GPU's name under CUDA).
 
     The bf16 support is part of it: one CPU model name comes with and without AVX512-BF16, and
-    `--precision auto` then trains in bf16 on one and in fp32 (2-3x slower) on the other.
+    `--precision auto` then trains in bf16 on one and in the slower fp32 on the other.
     """
     import torch  # only here: the rest of the runner does not need torch
 

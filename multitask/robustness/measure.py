@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from minbert import CheckpointError, load_tokenizer
+from minbert.plumbing.machine import RESOLVED_PRECISIONS
 from minbert.tokenizer import BertTokenizer
 from multitask.batching import encode_task
 from multitask.checkpoint import RUN_FILE, load_checkpoint
@@ -24,7 +25,6 @@ MEASURED_TASKS: tuple[str, ...] = ("sst", "para", "sts")
 # Attack success and calibration need classes; STS is a regression.
 CLASSIFIED_TASKS: tuple[str, ...] = ("sst", "para")
 NOISE_PERCENTS: tuple[int, ...] = (5, 10)
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 
 def eps_name(eps: float) -> str:
@@ -53,8 +53,8 @@ def measure_model(model: MultitaskBert, tokenizer: BertTokenizer, dev_examples: 
     as each part starts.
     """
     tasks = _check_tasks(model, dev_examples)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in RESOLVED_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(RESOLVED_PRECISIONS)}, got {precision!r}")
     report = progress or (lambda message: None)
     device = torch.device(device)
     model.to(device)
