@@ -33,8 +33,7 @@ class EncodedTask(Dataset):
     `dataset[i]` is an item dict for `collate`; pass `dataset.collate` to a DataLoader.
     """
 
-    name: str
-    kind: str
+    task: Task
     ids: list[str]
     input_ids: list[list[int]]
     token_type_ids: list[list[int]]
@@ -43,6 +42,10 @@ class EncodedTask(Dataset):
     pair_encoding: PairEncoding | None = None
     input_ids_b: list[list[int]] | None = None
     token_type_ids_b: list[list[int]] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.task.name
 
     @property
     def is_bi(self) -> bool:
@@ -139,7 +142,7 @@ def encode_task(examples: Iterable[Example], tokenizer: BertTokenizer, task: Tas
             types += chunk_types
         return ids, types
 
-    encoded = EncodedTask(name=task.name, kind=task.kind, ids=[e.id for e in examples], input_ids=[],
+    encoded = EncodedTask(task=task, ids=[e.id for e in examples], input_ids=[],
                           token_type_ids=[], labels=_labels(examples, task), pad_id=tokenizer.pad_id)
     if not task.is_pair:
         encoded.input_ids, encoded.token_type_ids = encode([e.text for e in examples])  # type: ignore[union-attr]

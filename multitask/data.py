@@ -9,7 +9,7 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, TypeVar
+from typing import Any, Iterator, Protocol, TypeVar
 
 import numpy as np
 
@@ -18,12 +18,23 @@ logger = logging.getLogger(__name__)
 # How many problem rows a warning spells out before it just gives the count.
 REPORTED_PROBLEMS = 5
 
-if TYPE_CHECKING:
-    from multitask.tasks import Task
 
 
 class DataError(ValueError):
     """A task file cannot be used at all: missing, empty, undecodable or not in the course format."""
+
+
+class FileFormat(Protocol):
+    """What the reader needs to know of a task's file (multitask.tasks.Task is one): its columns and labels."""
+
+    name: str
+    text_columns: tuple[str, ...]
+    label_column: str
+
+    @property
+    def is_pair(self) -> bool: ...
+
+    def parse_label(self, raw: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,7 @@ def training_subset(rows: list[Row], fraction: float, seed: int, task: str) -> l
     return [rows[i] for i in chosen]
 
 
-def read_task_file(path: str | Path, task: Task, labelled: bool = True) -> ReadResult:
+def read_task_file(path: str | Path, task: FileFormat, labelled: bool = True) -> ReadResult:
     """Read a course CSV for `task`; bad rows are skipped, counted and logged once per file.
 
     Raises DataError when the file as a whole is unusable. With `labelled=False` (test
@@ -204,7 +215,7 @@ def _read_header(path: Path, reader: Any) -> list[str]:
     return header
 
 
-def _check_columns(path: Path, task: Task, columns: list[str], labelled: bool) -> None:
+def _check_columns(path: Path, task: FileFormat, columns: list[str], labelled: bool) -> None:
     required = ["id", *task.text_columns] + ([task.label_column] if labelled else [])
     missing = [name for name in required if name not in columns]
     if not missing:
@@ -234,7 +245,7 @@ def _records(path: Path, reader: Any) -> Iterator[tuple[int, int, list[str]]]:
             yield first, last, fields
 
 
-def _to_example(task: Task, fields: list[str], width: int, index: dict[str, int], labelled: bool,
+def _to_example(task: FileFormat, fields: list[str], width: int, index: dict[str, int], labelled: bool,
                 first: int, last: int) -> tuple[Example, str | None]:
     """The example for one record and, for a test row kept despite a defect, what the defect is."""
     # A field spanning lines is almost always a stray quote that swallowed the rows after it.

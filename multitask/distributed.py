@@ -19,7 +19,6 @@ from multitask.batching import EncodedTask, restore_order, sorted_batches
 from multitask.evaluate import batch_outputs
 from multitask.model import MultitaskBert
 from multitask.resume import RunState
-from multitask.tasks import TASKS
 from multitask.train import Trainer
 from smart import WeightAverage
 
@@ -209,7 +208,7 @@ def gathered_predictions(model: MultitaskBert, dataset: EncodedTask, batch_size:
     dist.all_gather_object(parts, mine)
     outputs = [tensor for part_outputs, _ in parts for tensor in part_outputs]
     order = [tensor for _, part_order in parts for tensor in part_order]
-    return TASKS[dataset.name].predictions(restore_order(torch.cat(order), torch.cat(outputs)))
+    return dataset.task.predictions(restore_order(torch.cat(order), torch.cat(outputs)))
 
 
 class ParallelTrainer(Trainer):
@@ -243,8 +242,8 @@ class ParallelTrainer(Trainer):
                  swapped: list[bool]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         local, weight = shard(indices, self.env.rank, self.env.world_size)
         local_swapped, _ = shard(swapped, self.env.rank, self.env.world_size)
-        batch = self.train_sets[task].batch(local, local_swapped)
-        terms = self.step_terms(task, to_device(batch, self.device))
+        dataset = self.train_sets[task]
+        terms = self.step_terms(dataset.task, to_device(dataset.batch(local, local_swapped), self.device))
         if weight != 1.0:
             terms = {name: value * weight for name, value in terms.items()}
         # Σ_r weight_r·term_r / W is the term over the whole global batch; every rank gets the same

@@ -16,7 +16,7 @@ from multitask.tasks import TASKS
 def predict(model: MultitaskBert, dataset: EncodedTask, batch_size: int, device: torch.device,
             precision: str = "fp32") -> torch.Tensor:
     """Final predictions in dataset order: class ids, 0/1 or clamped scores (`Task.predictions`)."""
-    return TASKS[dataset.name].predictions(raw_outputs(model, dataset, batch_size, device, precision))
+    return dataset.task.predictions(raw_outputs(model, dataset, batch_size, device, precision))
 
 
 @torch.no_grad()
@@ -51,11 +51,6 @@ def batch_outputs(model: MultitaskBert, dataset: EncodedTask, batches: list[list
         order.append(batch["index"].cpu())
     model.train(was_training)
     return outputs, order
-
-
-def score(task: str, predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    """The task's dev metric: accuracy, or Pearson r for regression."""
-    return TASKS[task].score(predictions, labels)
 
 
 def overall(scores: dict[str, float]) -> float:

@@ -9,7 +9,7 @@ import torch
 
 from minbert.plumbing.flags import FlagError, flag, non_negative, positive, positive_int, probability
 from multitask.model import MultitaskBert
-from multitask.tasks import TASKS, parse_task_names
+from multitask.tasks import Task, parse_task_names
 from smart import DropoutReplay, WeightAverage, bregman_loss, divergence, r3f_loss, smoothness_loss
 
 if TYPE_CHECKING:  # a type only: multitask.settings imports this module
@@ -170,37 +170,37 @@ class Regularizers:
             raise ValueError("the Bregman term needs the run's weight average")
         self.average = average if settings.needs_average else None
 
-    def runs(self, term: str, task: str) -> bool:
+    def runs(self, term: str, task: Task) -> bool:
         """Whether `term` is switched on with a nonzero weight, for this task's steps."""
-        return self.settings.on_task(term, task)
+        return self.settings.on_task(term, task.name)
 
-    def shares_masks(self, task: str) -> bool:
+    def shares_masks(self, task: Task) -> bool:
         """Whether this task's step has a perturbed pass that replays the clean pass's dropout masks."""
         return self.settings.smart_dropout == "shared" and any(
             self.runs(term.name, task) for term in TERMS if term.replays_masks)
 
-    def perturbed_function(self, model: MultitaskBert, task: str, mask: torch.Tensor,
+    def perturbed_function(self, model: MultitaskBert, task: Task, mask: torch.Tensor,
                            masks: DropoutReplay | None) -> Callable[[torch.Tensor], torch.Tensor]:
         """x ↦ f(x): the task output from input embeddings, under the clean pass's dropout masks when given."""
         def f(embeddings: torch.Tensor) -> torch.Tensor:
-            return model.predict_from_embeddings(task, embeddings, mask)
+            return model.predict_from_embeddings(task.name, embeddings, mask)
 
         return f if masks is None else masks.wrap(f)
 
-    def adversarial(self, f: Callable, embeddings: torch.Tensor, output: torch.Tensor, task: str,
+    def adversarial(self, f: Callable, embeddings: torch.Tensor, output: torch.Tensor, task: Task,
                     mask: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        return s.smart_lambda * smoothness_loss(f, embeddings, output, TASKS[task].kind, eps=s.smart_eps,
+        return s.smart_lambda * smoothness_loss(f, embeddings, output, task.kind, eps=s.smart_eps,
                                                 sigma=s.sigma, step_size=s.step_size, steps=s.smart_steps,
                                                 mask=mask, ascent_in_fp32=s.smart_ascent_precision == "fp32")
 
-    def r3f(self, f: Callable, embeddings: torch.Tensor, output: torch.Tensor, task: str,
+    def r3f(self, f: Callable, embeddings: torch.Tensor, output: torch.Tensor, task: Task,
             mask: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        return s.r3f_lambda * r3f_loss(f, embeddings, output, TASKS[task].kind, eps=s.r3f_eps, noise=s.r3f_noise,
+        return s.r3f_lambda * r3f_loss(f, embeddings, output, task.kind, eps=s.r3f_eps, noise=s.r3f_noise,
                                        mask=mask)
 
-    def rdrop(self, model: MultitaskBert, task: str, batch: dict[str, torch.Tensor],
+    def rdrop(self, model: MultitaskBert, task: Task, batch: dict[str, torch.Tensor],
               output: torch.Tensor) -> dict[str, torch.Tensor]:
         """R-Drop's terms: a whole second forward, embeddings included, with dropout masks of its own.
 
@@ -209,13 +209,13 @@ class Regularizers:
         "first_pass": {"rdrop": α·symmetric KL}; the task term is plain fine-tuning's own.
         """
         s = self.settings
-        second = model(task, batch)
-        consistency = divergence(TASKS[task].kind, second, output)
+        second = model(task.name, batch)
+        consistency = divergence(task.kind, second, output)
         if s.rdrop_form == "first_pass":
             return {"rdrop": s.rdrop_alpha * consistency}
-        return {"rdrop_task": TASKS[task].loss(second, batch["labels"]), "rdrop": 0.5 * s.rdrop_alpha * consistency}
+        return {"rdrop_task": task.loss(second, batch["labels"]), "rdrop": 0.5 * s.rdrop_alpha * consistency}
 
-    def bregman(self, task: str, batch: dict[str, torch.Tensor], output: torch.Tensor,
+    def bregman(self, task: Task, batch: dict[str, torch.Tensor], output: torch.Tensor,
                 step_masks: DropoutReplay) -> torch.Tensor:
         """μ·ℓ_s(f(x; θ), f(x; θ̃)): the average's forward in training mode, replaying the student pass's masks.
 
@@ -226,8 +226,8 @@ class Regularizers:
         teacher = self.average.model
         teacher.train()
         with torch.no_grad(), step_masks.replaying():
-            teacher_output = teacher(task, batch)
-        return self.settings.bregman_mu * bregman_loss(output, teacher_output, TASKS[task].kind)
+            teacher_output = teacher(task.name, batch)
+        return self.settings.bregman_mu * bregman_loss(output, teacher_output, task.kind)
 
 
 def check_regularizer_flags(regularizers: RegularizerSettings, run: RunSettings) -> None:

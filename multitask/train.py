@@ -33,12 +33,12 @@ from minbert.plumbing.machine import (PRECISION_HELP, PRECISIONS, RESOLVED_PRECI
                                       release_free_memory, to_device)
 from minbert.plumbing.progress import DEFAULT_INTERVAL, ProgressReporter, format_duration, show_progress
 from multitask.batching import BucketBatchSampler, EncodedTask
-from multitask.evaluate import overall, predict, score
+from multitask.evaluate import overall, predict
 from multitask.model import MultitaskBert
 from multitask.records import EpochProgress, EpochRecord, format_epoch
 from multitask.regularizers import Regularizers
 from multitask.schedule import SCHEDULES, epoch_plan
-from multitask.tasks import TASKS
+from multitask.tasks import Task
 from multitask.throughput import epoch_throughput
 from smart import DropoutReplay, WeightAverage
 
@@ -102,16 +102,16 @@ class StepLoss(nn.Module):
         self.model = model
         self.regularizers = regularizers
 
-    def forward(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, task: Task, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         r = self.regularizers
         # Taken before the step's first dropout mask is drawn: the Bregman term's teacher pass replays
         # all of the student's masks, the embedding dropout's included.
         step_masks = DropoutReplay(batch["input_ids"].device) if r is not None and r.runs("bregman", task) else None
-        embeddings, mask = self.model.embed(task, batch)
+        embeddings, mask = self.model.embed(task.name, batch)
         # Taken before the clean pass draws its dropout masks, so the perturbed passes can replay them.
         masks = DropoutReplay(embeddings.device) if r is not None and r.shares_masks(task) else None
-        output = self.model.predict_from_embeddings(task, embeddings, mask)
-        terms = {"task": TASKS[task].loss(output, batch["labels"])}
+        output = self.model.predict_from_embeddings(task.name, embeddings, mask)
+        terms = {"task": task.loss(output, batch["labels"])}
         if r is None:
             return terms
         # The order is fixed: each term draws random numbers (noise, dropout masks) in turn.
@@ -346,10 +346,11 @@ class Trainer:
         In one process they are the same; ParallelTrainer computes this process's share of the
         batch and reports the terms of the whole batch.
         """
-        terms = self.step_terms(task, to_device(self.train_sets[task].batch(indices, swapped), self.device))
+        dataset = self.train_sets[task]
+        terms = self.step_terms(dataset.task, to_device(dataset.batch(indices, swapped), self.device))
         return terms, terms
 
-    def step_terms(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def step_terms(self, task: Task, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The loss terms of one batch: the task loss and whatever the regulariser adds."""
         # One autocast region for the whole step: the bf16 copies of the weights are made once
         # and shared by every pass a regulariser adds.
@@ -391,7 +392,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Each dev set's score; the predictions scored stay in `last_dev_predictions`."""
         self.last_dev_predictions = self.dev_predictions()
-        return {name: score(name, values, self.dev_sets[name].labels)
+        return {name: self.dev_sets[name].task.score(values, self.dev_sets[name].labels)
                 for name, values in self.last_dev_predictions.items()}
 
     def dev_predictions(self) -> dict[str, torch.Tensor]:

@@ -211,7 +211,7 @@ def regularised_step(method: str, batch: dict[str, torch.Tensor]):
     def step():
         model.train()
         with autocast(CPU, STEP_PRECISION), (torch_dropout() if method == "plain-torch-dropout" else nullcontext()):
-            loss = sum(loss_terms("sst", batch).values())
+            loss = sum(loss_terms(SST, batch).values())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def step(number: int, task: str, batch: dict[str, torch.Tensor]) -> None:
         with autocast(CPU, precision):
-            loss = sum(loss_terms(task, batch).values())
+            loss = sum(loss_terms(TASKS[task], batch).values())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

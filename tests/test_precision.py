@@ -12,11 +12,12 @@ import torch
 from minbert import BertModel, load_tokenizer
 from minbert.plumbing import machine as precision
 from minbert.plumbing.machine import autocast, choose_precision, precision_choice, resolve_precision, tf32_applies
-from multitask_classifier import banner
 from multitask.model import MultitaskBert
 from multitask.regularizers import Regularizers, RegularizerSettings, new_weight_average
 from multitask.settings import parse
+from multitask.tasks import SST
 from multitask.train import Trainer, TrainSettings
+from multitask_classifier import banner
 from tests.conftest import read_column
 from tests.test_smart_training import TINY, tiny_tasks
 
@@ -141,7 +142,7 @@ def test_bf16_training_keeps_fp32_weights_optimiser_state_and_teacher(tmp_path):
     assert {t.dtype for t in regularizers.average.model.state_dict().values() if t.is_floating_point()} == \
         {torch.float32}
     # Every reported loss term is an fp32 value.
-    terms = trainer.loss_terms("sst", tasks["sst"].batch([0, 1, 2]))
+    terms = trainer.loss_terms(SST, tasks["sst"].batch([0, 1, 2]))
     assert {v.dtype for v in terms.values()} == {torch.float32}
 
 

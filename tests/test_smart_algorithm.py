@@ -76,7 +76,7 @@ def adversarial_term(model, batch, task: str, precision: str, seed: int, **setti
     torch.manual_seed(seed)
     loss = StepLoss(model, Regularizers(RegularizerSettings(smart=True, no_bregman=True, **settings)))
     with torch.no_grad(), autocast(CPU, precision):
-        return loss(task, batch)["adversarial"].item()
+        return loss(TASKS[task], batch)["adversarial"].item()
 
 
 @pytest.mark.parametrize("task", COURSE_TASKS)
@@ -104,7 +104,7 @@ def bregman_terms(model, batch, task: str, **settings) -> dict[str, float]:
     regularizers = Regularizers(RegularizerSettings(smart=True, no_adversarial=True, **settings), average)
     torch.manual_seed(3)
     with torch.no_grad():
-        return {name: value.item() for name, value in StepLoss(model, regularizers)(task, batch).items()}, average
+        return {name: value.item() for name, value in StepLoss(model, regularizers)(TASKS[task], batch).items()}, average
 
 
 @pytest.mark.parametrize("task", COURSE_TASKS)
@@ -123,7 +123,7 @@ def test_bregman_term_is_exactly_zero_when_the_average_equals_the_student(model,
     regularizers = Regularizers(RegularizerSettings(smart=True, no_adversarial=True), average)
     torch.manual_seed(3)
     with torch.no_grad():
-        moved = StepLoss(model, regularizers)(task, batches[task])["bregman"].item()
+        moved = StepLoss(model, regularizers)(TASKS[task], batches[task])["bregman"].item()
     assert moved > 0
     assert moved == pytest.approx(divergence(TASKS[task].kind, student_out, teacher_out).item(), rel=1e-5)
 
@@ -140,7 +140,7 @@ def test_rdrop_paper_form_is_both_task_losses_and_half_the_symmetric_kl(model, b
         torch.manual_seed(4)
         with torch.no_grad():
             loss = StepLoss(model, Regularizers(RegularizerSettings(rdrop=True, rdrop_alpha=2.0, **settings)))
-            return {name: value.item() for name, value in loss("sst", batch).items()}
+            return {name: value.item() for name, value in loss(TASKS["sst"], batch).items()}
 
     paper = terms()
     assert paper["task"] == pytest.approx(TASKS["sst"].loss(first, batch["labels"]).item(), rel=1e-6)

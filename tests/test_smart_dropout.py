@@ -41,7 +41,7 @@ def step_terms(model: MultitaskBert, batch: dict, precision: str = "fp32", seed:
     torch.manual_seed(seed)
     loss = StepLoss(model, Regularizers(RegularizerSettings(**settings)))
     with torch.no_grad(), autocast(CPU, precision):
-        return {name: value.item() for name, value in loss("sst", batch).items()}
+        return {name: value.item() for name, value in loss(SST, batch).items()}
 
 
 def adversarial(model, batch, eps: float, dropout: str = "shared", precision: str = "fp32") -> float:
@@ -114,7 +114,7 @@ def test_shared_masks_leave_the_random_stream_where_independent_passes_would_not
     # Replaying restores the stream after each pass: what is drawn next is the same whether the
     # regulariser ran its passes or not, so resume and reruns see one stream.
     torch.manual_seed(0)
-    StepLoss(model)("sst", sst_batch)
+    StepLoss(model)(SST, sst_batch)
     after_plain = torch.rand(4)
     torch.manual_seed(0)
     with torch.no_grad():

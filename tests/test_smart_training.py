@@ -8,6 +8,7 @@ from minbert import BertConfig, BertModel
 from multitask.batching import EncodedTask
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
+from multitask.tasks import TASKS
 from multitask.train import Trainer, TrainSettings
 
 TINY = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
@@ -24,7 +25,8 @@ def tiny_tasks(n: int = 24) -> dict[str, EncodedTask]:
     def task(name, kind, labels):
         ids = sequences(n)
         types = [[0] * len(s) for s in ids]
-        return EncodedTask(name, kind, [f"{name}{i}" for i in range(n)], ids, types, labels)
+        assert TASKS[name].kind == kind
+        return EncodedTask(TASKS[name], [f"{name}{i}" for i in range(n)], ids, types, labels)
 
     return {"sst": task("sst", "multiclass", torch.randint(0, 5, (n,), generator=generator)),
             "para": task("para", "binary", torch.randint(0, 2, (n,), generator=generator).float()),

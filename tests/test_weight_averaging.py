@@ -6,7 +6,7 @@ import torch
 
 from minbert import BertModel
 from multitask_classifier import weight_average
-from multitask.evaluate import predict, score
+from multitask.evaluate import predict
 from multitask.model import MultitaskBert
 from multitask.regularizers import TEACHER_WINDOW_FRACTION
 from multitask.settings import parse
@@ -58,7 +58,7 @@ def test_the_average_is_scored_and_kept_not_the_trained_weights(tmp_path):
     last = history[-1]
     for task, dataset in trainer.dev_sets.items():
         outputs = predict(teacher.model, dataset, trainer.settings.eval_batch_size, torch.device("cpu"))
-        assert last.dev_scores[task] == score(task, outputs, dataset.labels)
+        assert last.dev_scores[task] == dataset.task.score(outputs, dataset.labels)
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), teacher.model.parameters()))
     # Tracked but not scored: the trained weights are scored and kept, as without a teacher.
     tracked_model, _, _, tracked_history, tracked_kept = run(tmp_path / "tracked", "tracked")

@@ -11,7 +11,6 @@ from minbert.plumbing.machine import autocast, to_device
 from minbert.plumbing.progress import show_progress
 from multitask.batching import EncodedTask, sorted_batches
 from multitask.model import MultitaskBert
-from multitask.tasks import TASKS
 from smart.adversarial import adversarial_perturbation
 from smart.divergences import divergence
 from smart.noise import keep_mask
@@ -51,7 +50,7 @@ def smoothness(model: MultitaskBert, dataset: EncodedTask, eps: float, attack: A
     δ₀ is drawn from a generator seeded by (seed, batch number) inside a forked RNG, so the value
     is reproducible and the caller's random state is left as it was.
     """
-    kind = TASKS[dataset.name].kind
+    kind = dataset.task.kind
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
