@@ -233,16 +233,16 @@ class Regularizers:
 def check_regularizer_flags(regularizers: RegularizerSettings, run: RunSettings) -> None:
     """The flag rules of the regularisers (see --help): contradictions are errors naming both flags."""
     r = regularizers
-    for flag, switch in {f"--{term.tasks}": term.flag for term in TERMS}.items():
-        named = getattr(r, flag[2:])
+    for tasks_flag, switch in {f"--{term.tasks}": term.flag for term in TERMS}.items():
+        named = getattr(r, tasks_flag[2:])
         if named is None:
             continue
         if not getattr(r, switch):
-            raise FlagError(f"{flag} narrows --{switch} to some tasks, but --{switch} is not on; "
-                            f"add --{switch}, or drop {flag}")
+            raise FlagError(f"{tasks_flag} narrows --{switch} to some tasks, but --{switch} is not on; "
+                            f"add --{switch}, or drop {tasks_flag}")
         untrained = [t for t in named if t not in run.tasks]
         if untrained:
-            raise FlagError(f"{flag}: {','.join(untrained)} not among the trained --tasks "
+            raise FlagError(f"{tasks_flag}: {','.join(untrained)} not among the trained --tasks "
                             f"{','.join(run.tasks)}")
     for part in ("--no_adversarial", "--no_bregman"):
         if getattr(r, part[2:]) and not r.smart:

@@ -21,10 +21,8 @@ from multitask.ablation.sizes import (BY_SIZE_ROWS, SizeGrid, epochs_flag, finis
                                       parse_by_fraction, parse_fractions, pilot_grid, pilot_summary, plateau_epoch,
                                       run_by_size, size_grid)
 from multitask.settings import build_parser
-from tests.test_ablation import SPLITS, STEMS, ablate, copy_head, load_script, read_json, training_flags
+from tests.test_ablation import ABLATE, REPO, SPLITS, STEMS, ablate, copy_head, read_json, training_flags
 
-REPO = Path(__file__).resolve().parent.parent
-ABLATE = load_script()
 
 # The fake classifier's scores: a function of the row, seed, fraction and epoch, so that the tests can
 # compute every summary by hand. Rows differ by a fixed offset plus a seed-dependent part (the spread the

@@ -13,7 +13,7 @@ from minbert import BertModel, load_tokenizer
 from minbert.plumbing.machine import autocast
 from multitask.batching import encode_task
 from multitask.model import MultitaskBert
-from multitask.regularizers import Regularizers, RegularizerSettings
+from multitask.regularizers import Regularizers, RegularizerSettings, new_weight_average
 from multitask.tasks import SST
 from multitask.train import StepLoss
 from smart import DropoutReplay
@@ -137,3 +137,24 @@ def test_rdrop_is_zero_without_dropout_and_positive_with_it(sst_batch):
     assert value > 1e-4
     # α weights the divergence linearly (same stream, same two passes).
     assert step_terms(with_dropout, sst_batch, rdrop=True, rdrop_alpha=1.0)["rdrop"] == pytest.approx(value / 2)
+
+
+@pytest.mark.parametrize("settings,replays", [
+    (None, 0), ({"rdrop": True}, 0), ({"smart": True, "no_adversarial": True}, 1), ({"smart": True}, 2),
+    ({"r3f": True, "smart_dropout": "independent"}, 0)])
+def test_mask_replay_is_built_only_for_the_terms_that_replay(model, sst_batch, monkeypatch, settings, replays):
+    built = []
+
+    def counting(device):
+        built.append(device)
+        return DropoutReplay(device)
+
+    monkeypatch.setattr("multitask.train.DropoutReplay", counting)
+    regularizers = None
+    if settings is not None:
+        regularizer_settings = RegularizerSettings(**settings)
+        average = new_weight_average(model, None) if regularizer_settings.needs_average else None
+        regularizers = Regularizers(regularizer_settings, average)
+    with torch.no_grad():
+        StepLoss(model, regularizers)(SST, sst_batch)
+    assert len(built) == replays
