@@ -43,10 +43,10 @@ def batch_outputs(model: MultitaskBert, dataset: EncodedTask, batches: list[list
     for indices in tqdm(batches, desc=f"eval {dataset.name}", leave=False, disable=not show_progress()):
         batch = to_device(dataset.batch(indices), device)
         with autocast(device, precision):
-            output = model(dataset.name, batch).float()
+            output = model(dataset.task, batch).float()
             if both_orders:
                 swapped = to_device(dataset.batch(indices, swapped=True), device)
-                output = (output + model(dataset.name, swapped).float()) / 2
+                output = (output + model(dataset.task, swapped).float()) / 2
         outputs.append(output.cpu())
         order.append(batch["index"].cpu())
     model.train(was_training)

@@ -7,6 +7,7 @@ import torch
 from minbert.plumbing.machine import DeviceError, autocast
 from multitask.model import MultitaskBert
 from multitask.regularizers import TERMS, RegularizerSettings
+from multitask.tasks import TASKS
 from smart import DropoutReplay
 
 # A small batch: the check costs a few forward passes, and the masks it compares are drawn per element.
@@ -40,7 +41,7 @@ def check_dropout_replay(model: MultitaskBert, device: torch.device, precision: 
     mask[: CHECK_BATCH // 2, CHECK_LENGTH // 2:] = 0  # padded rows too, as in a real batch
     ids, mask, types = ids.to(device), mask.to(device), torch.zeros_like(ids, device=device)
     # A pair task with `bi` encoding reads the batch as stacked pairs, which an even batch is.
-    task = model.tasks[0]
+    task = TASKS[model.tasks[0]]
     was_training = model.training
     cpu_state = torch.get_rng_state()
     cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None

@@ -12,7 +12,7 @@ from torch import nn
 from minbert import BertModel
 from minbert.model import Dropout
 from minbert.plumbing.flags import flag, integer, probability
-from multitask.tasks import COURSE_TASKS, TASKS
+from multitask.tasks import COURSE_TASKS, TASKS, Task
 
 POOLINGS = ("cls", "mean")
 PAIR_ENCODINGS = ("cross", "bi")
@@ -71,10 +71,10 @@ class MultitaskBert(nn.Module):
             nn.init.normal_(self.heads[task].weight, std=encoder.config.initializer_range)
             nn.init.zeros_(self.heads[task].bias)
 
-    def is_bi(self, task: str) -> bool:
-        return TASKS[task].is_pair and self.pair_encoding == "bi"
+    def is_bi(self, task: Task) -> bool:
+        return task.is_pair and self.pair_encoding == "bi"
 
-    def embed(self, task: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, task: Task, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input embeddings, attention mask) for a batch of `task`; for `bi` the two sides stacked."""
         ids, types, mask = batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
         if self.is_bi(task):
@@ -84,7 +84,7 @@ class MultitaskBert(nn.Module):
             mask = _stack_padded(mask, batch["attention_mask_b"], 0)
         return self.encoder.embed(ids, types), mask
 
-    def predict_from_embeddings(self, task: str, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def predict_from_embeddings(self, task: Task, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Task output from input embeddings: [B, classes] logits (multiclass), else [B] (a logit or a score)."""
         out = self.encoder.encode(embeddings, mask)
         features = self.pool(out, mask)
@@ -92,9 +92,9 @@ class MultitaskBert(nn.Module):
             u, v = features.chunk(2)
             features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
         # fp32 whatever the compute precision: losses and SMART's divergences are taken in fp32.
-        logits = self.heads[task](self.dropout(features)).float()
+        logits = self.heads[task.name](self.dropout(features)).float()
         # Single-output heads return [B], never [B, 1]: a [B, 1] vs [B] loss would broadcast to [B, B].
-        return logits.squeeze(-1) if TASKS[task].outputs == 1 else logits
+        return logits.squeeze(-1) if task.outputs == 1 else logits
 
     def pool(self, encoder_out: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
@@ -104,7 +104,7 @@ class MultitaskBert(nn.Module):
         summed = (hidden * weights).sum(1)
         return summed / weights.sum(1).clamp(min=1.0)
 
-    def forward(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, task: Task, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.predict_from_embeddings(task, *self.embed(task, batch))
 
 

@@ -183,7 +183,7 @@ class Regularizers:
                            masks: DropoutReplay | None) -> Callable[[torch.Tensor], torch.Tensor]:
         """x ↦ f(x): the task output from input embeddings, under the clean pass's dropout masks when given."""
         def f(embeddings: torch.Tensor) -> torch.Tensor:
-            return model.predict_from_embeddings(task.name, embeddings, mask)
+            return model.predict_from_embeddings(task, embeddings, mask)
 
         return f if masks is None else masks.wrap(f)
 
@@ -209,7 +209,7 @@ class Regularizers:
         "first_pass": {"rdrop": α·symmetric KL}; the task term is plain fine-tuning's own.
         """
         s = self.settings
-        second = model(task.name, batch)
+        second = model(task, batch)
         consistency = divergence(task.kind, second, output)
         if s.rdrop_form == "first_pass":
             return {"rdrop": s.rdrop_alpha * consistency}
@@ -226,7 +226,7 @@ class Regularizers:
         teacher = self.average.model
         teacher.train()
         with torch.no_grad(), step_masks.replaying():
-            teacher_output = teacher(task.name, batch)
+            teacher_output = teacher(task, batch)
         return self.settings.bregman_mu * bregman_loss(output, teacher_output, task.kind)
 
 

@@ -107,10 +107,10 @@ class StepLoss(nn.Module):
         # Taken before the step's first dropout mask is drawn: the Bregman term's teacher pass replays
         # all of the student's masks, the embedding dropout's included.
         step_masks = DropoutReplay(batch["input_ids"].device) if r is not None and r.runs("bregman", task) else None
-        embeddings, mask = self.model.embed(task.name, batch)
+        embeddings, mask = self.model.embed(task, batch)
         # Taken before the clean pass draws its dropout masks, so the perturbed passes can replay them.
         masks = DropoutReplay(embeddings.device) if r is not None and r.shares_masks(task) else None
-        output = self.model.predict_from_embeddings(task.name, embeddings, mask)
+        output = self.model.predict_from_embeddings(task, embeddings, mask)
         terms = {"task": task.loss(output, batch["labels"])}
         if r is None:
             return terms

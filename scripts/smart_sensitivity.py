@@ -42,14 +42,15 @@ EPS_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 def batch_terms(model: MultitaskBert, task: str, batch: dict[str, torch.Tensor], eps_grid: tuple[float, ...],
                 step_ratio: float, sigma_ratio: float, seed: int, ascent_in_fp32: bool = True) -> dict:
     """Every term for one batch, each from the same dropout masks (the stream is reseeded first)."""
-    kind = TASKS[task].kind
+    spec = TASKS[task]
+    kind = spec.kind
     torch.manual_seed(seed)
-    embeddings, mask = model.embed(task, batch)
+    embeddings, mask = model.embed(spec, batch)
     masks = DropoutReplay(embeddings.device)
-    clean = model.predict_from_embeddings(task, embeddings, mask)
+    clean = model.predict_from_embeddings(spec, embeddings, mask)
 
     def fn(perturbed: torch.Tensor) -> torch.Tensor:
-        return model.predict_from_embeddings(task, perturbed, mask)
+        return model.predict_from_embeddings(spec, perturbed, mask)
 
     shared = masks.wrap(fn)
     result = {"floor_shared": divergence(kind, shared(embeddings), clean).item(),

@@ -72,9 +72,9 @@ def test_output_shape_per_task(pooling, pair_encoding):
     model = tiny_model(pooling, pair_encoding)
     batch = make_batch(A_LENGTHS, B_LENGTHS)
     with torch.no_grad():
-        assert model("sst", batch).shape == (BATCH, 5)
-        assert model("para", batch).shape == (BATCH,)
-        assert model("sts", batch).shape == (BATCH,)
+        assert model(TASKS["sst"], batch).shape == (BATCH, 5)
+        assert model(TASKS["para"], batch).shape == (BATCH,)
+        assert model(TASKS["sts"], batch).shape == (BATCH,)
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
@@ -84,9 +84,9 @@ def test_forward_is_predict_from_embeddings_of_embed(pooling, pair_encoding):
     batch = make_batch(A_LENGTHS, B_LENGTHS)
     with torch.no_grad():
         for task in COURSE_TASKS:
-            embeddings, mask = model.embed(task, batch)
+            embeddings, mask = model.embed(TASKS[task], batch)
             assert embeddings.shape[:2] == mask.shape
-            assert torch.equal(model(task, batch), model.predict_from_embeddings(task, embeddings, mask))
+            assert torch.equal(model(TASKS[task], batch), model.predict_from_embeddings(TASKS[task], embeddings, mask))
 
 
 def test_unknown_pooling_pair_encoding_or_task_is_rejected():
@@ -115,7 +115,7 @@ def test_bi_embed_stacks_both_sides_along_the_batch():
     batch = make_batch(A_LENGTHS, B_LENGTHS)
     width = max(max(A_LENGTHS), max(B_LENGTHS))
     with torch.no_grad():
-        embeddings, mask = model.embed("sts", batch)
+        embeddings, mask = model.embed(TASKS["sts"], batch)
         assert embeddings.shape == (2 * BATCH, width, HIDDEN)
         assert mask.shape == (2 * BATCH, width)
         padded_a = append_pads({k: v for k, v in batch.items() if not k.endswith("_b")},
@@ -127,7 +127,7 @@ def test_bi_embed_stacks_both_sides_along_the_batch():
         assert torch.allclose(embeddings[BATCH:],
                               model.encoder.embed(batch["input_ids_b"], batch["token_type_ids_b"]), atol=ATOL)
         # sst is never a pair: its embeddings are side a alone.
-        sst_embeddings, sst_mask = model.embed("sst", batch)
+        sst_embeddings, sst_mask = model.embed(TASKS["sst"], batch)
         assert sst_embeddings.shape[0] == BATCH and torch.equal(sst_mask, batch["attention_mask"])
 
 
@@ -139,7 +139,7 @@ def test_bi_pair_features_are_u_v_absdiff_product(pooling):
     handle = model.heads["para"].register_forward_hook(lambda module, args, out: captured.update(x=args[0]))
     try:
         with torch.no_grad():
-            logits = model("para", batch)
+            logits = model(TASKS["para"], batch)
             # Each side encoded alone, at its own padded length.
             u = model.pool(model.encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]),
                            batch["attention_mask"])
@@ -163,7 +163,7 @@ def test_mean_pooling_ignores_appended_pads(pair_encoding):
     batch = make_batch(A_LENGTHS, B_LENGTHS)
     with torch.no_grad():
         for task in COURSE_TASKS:
-            plain, padded = model(task, batch), model(task, append_pads(batch, 6))
+            plain, padded = model(TASKS[task], batch), model(TASKS[task], append_pads(batch, 6))
             assert torch.allclose(plain, padded, atol=ATOL), (task, (plain - padded).abs().max())
 
 
@@ -181,7 +181,7 @@ def test_mean_pooling_differs_from_cls_pooling():
     batch = make_batch(A_LENGTHS)
     cls_model, mean_model = tiny_model("cls"), tiny_model("mean")  # same seed: same weights
     with torch.no_grad():
-        assert not torch.allclose(cls_model("sst", batch), mean_model("sst", batch))
+        assert not torch.allclose(cls_model(TASKS["sst"], batch), mean_model(TASKS["sst"], batch))
 
 
 # ------------------------------------------------------------------------------------------------- losses
@@ -211,7 +211,7 @@ def test_model_outputs_fit_task_loss_without_broadcasting():
     batch = make_batch(A_LENGTHS, B_LENGTHS)
     labels = {"sst": torch.tensor([0, 4, 2]), "para": torch.tensor([0.0, 1.0, 1.0]), "sts": torch.tensor([0.5, 3.0, 5.0])}
     for task in COURSE_TASKS:
-        loss = TASKS[task].loss(model(task, batch), labels[task])
+        loss = TASKS[task].loss(model(TASKS[task], batch), labels[task])
         assert loss.shape == () and torch.isfinite(loss)
 
 

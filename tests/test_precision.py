@@ -15,7 +15,7 @@ from minbert.plumbing.machine import autocast, choose_precision, precision_choic
 from multitask.model import MultitaskBert
 from multitask.regularizers import Regularizers, RegularizerSettings, new_weight_average
 from multitask.settings import parse
-from multitask.tasks import SST
+from multitask.tasks import SST, TASKS
 from multitask.train import Trainer, TrainSettings
 from multitask_classifier import banner
 from tests.conftest import read_column
@@ -196,7 +196,7 @@ def test_under_autocast_the_residual_stream_is_bf16_and_the_outputs_fp32():
     seen = []
     model.encoder.encoder.layer[0].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
     with torch.no_grad(), autocast(CPU, "bf16"):
-        output = model("sst", batch)
+        output = model(TASKS["sst"], batch)
     assert seen == [torch.bfloat16] and output.dtype == torch.float32
 
 

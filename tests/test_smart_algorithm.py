@@ -57,10 +57,10 @@ def test_one_default_step_puts_delta_on_the_surface_of_the_ball(model, batches, 
     batch = batches[task]
     torch.manual_seed(1)
     with torch.no_grad():
-        embeddings, mask = model.embed(task, batch)
+        embeddings, mask = model.embed(TASKS[task], batch)
         masks = DropoutReplay(CPU)
-        clean = model.predict_from_embeddings(task, embeddings, mask)
-        f = masks.wrap(lambda e: model.predict_from_embeddings(task, e, mask))
+        clean = model.predict_from_embeddings(TASKS[task], embeddings, mask)
+        f = masks.wrap(lambda e: model.predict_from_embeddings(TASKS[task], e, mask))
         keep = keep_mask(embeddings, mask)
         delta = adversarial_perturbation(f, embeddings, clean, TASKS[task].kind, eps, settings.sigma,
                                          settings.step_size, 1, keep)
@@ -117,9 +117,9 @@ def test_bregman_term_is_exactly_zero_when_the_average_equals_the_student(model,
         for p in average.model.parameters():
             p.add_(1e-3 * torch.randn_like(p))
         torch.manual_seed(3)
-        student_out = model(task, batches[task])
+        student_out = model(TASKS[task], batches[task])
         torch.manual_seed(3)
-        teacher_out = average.model(task, batches[task])
+        teacher_out = average.model(TASKS[task], batches[task])
     regularizers = Regularizers(RegularizerSettings(smart=True, no_adversarial=True), average)
     torch.manual_seed(3)
     with torch.no_grad():
@@ -132,7 +132,7 @@ def test_rdrop_paper_form_is_both_task_losses_and_half_the_symmetric_kl(model, b
     batch = batches["sst"]
     torch.manual_seed(4)
     with torch.no_grad():
-        first, second = model("sst", batch), model("sst", batch)
+        first, second = model(TASKS["sst"], batch), model(TASKS["sst"], batch)
     kl = divergence("multiclass", second, first).item()
     assert kl > 1e-5
 

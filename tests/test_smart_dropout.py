@@ -14,7 +14,7 @@ from minbert.plumbing.machine import autocast
 from multitask.batching import encode_task
 from multitask.model import MultitaskBert
 from multitask.regularizers import Regularizers, RegularizerSettings, new_weight_average
-from multitask.tasks import SST
+from multitask.tasks import SST, TASKS
 from multitask.train import StepLoss
 from smart import DropoutReplay
 from tests.test_pipeline import DATA
@@ -118,10 +118,10 @@ def test_shared_masks_leave_the_random_stream_where_independent_passes_would_not
     after_plain = torch.rand(4)
     torch.manual_seed(0)
     with torch.no_grad():
-        embeddings, mask = model.embed("sst", sst_batch)
+        embeddings, mask = model.embed(TASKS["sst"], sst_batch)
         masks = DropoutReplay(CPU)
-        model.predict_from_embeddings("sst", embeddings, mask)
-        masks.wrap(lambda e: model.predict_from_embeddings("sst", e, mask))(embeddings)
+        model.predict_from_embeddings(TASKS["sst"], embeddings, mask)
+        masks.wrap(lambda e: model.predict_from_embeddings(TASKS["sst"], e, mask))(embeddings)
     assert torch.equal(torch.rand(4), after_plain)
 
 

@@ -72,7 +72,7 @@ def test_a_task_declared_once_gets_flags_a_head_and_a_prediction_format(monkeypa
     model = MultitaskBert(BertModel(config), ("sst", "toy"))
     batch = {"input_ids": torch.tensor([[2, 5, 3]]), "token_type_ids": torch.zeros(1, 3, dtype=torch.long),
              "attention_mask": torch.ones(1, 3, dtype=torch.long)}
-    assert model("toy", batch).shape == (1, 3)
+    assert model(toy, batch).shape == (1, 3)
 
     path = write_predictions(tmp_path / "toy.csv", "toy", ["a", "b"], [2, 0])
     assert path.read_text() == "id \t Predicted_Toy \na , 2 \nb , 0 \n"

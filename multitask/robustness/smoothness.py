@@ -11,6 +11,7 @@ from minbert.plumbing.machine import autocast, to_device
 from minbert.plumbing.progress import show_progress
 from multitask.batching import EncodedTask, sorted_batches
 from multitask.model import MultitaskBert
+from multitask.tasks import Task
 from smart.adversarial import adversarial_perturbation
 from smart.divergences import divergence
 from smart.noise import keep_mask
@@ -50,7 +51,6 @@ def smoothness(model: MultitaskBert, dataset: EncodedTask, eps: float, attack: A
     δ₀ is drawn from a generator seeded by (seed, batch number) inside a forked RNG, so the value
     is reproducible and the caller's random state is left as it was.
     """
-    kind = dataset.task.kind
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -62,15 +62,14 @@ def smoothness(model: MultitaskBert, dataset: EncodedTask, eps: float, attack: A
             batch = to_device(dataset.batch(indices), device)
             with torch.random.fork_rng(devices=devices), autocast(device, precision):
                 torch.manual_seed(seed * 1_000_003 + number)
-                total += _batch_term(model, dataset.name, kind, batch, eps, attack) * len(indices)
+                total += _batch_term(model, dataset.task, batch, eps, attack) * len(indices)
             count += len(indices)
     finally:
         model.train(was_training)
     return total / count
 
 
-def _batch_term(model: MultitaskBert, task: str, kind: str, batch: dict[str, torch.Tensor], eps: float,
-                attack: Attack) -> float:
+def _batch_term(model: MultitaskBert, task: Task, batch: dict[str, torch.Tensor], eps: float, attack: Attack) -> float:
     with torch.no_grad():
         embeddings, mask = model.embed(task, batch)
         clean = model.predict_from_embeddings(task, embeddings, mask)
@@ -78,8 +77,8 @@ def _batch_term(model: MultitaskBert, task: str, kind: str, batch: dict[str, tor
     def fn(perturbed: torch.Tensor) -> torch.Tensor:
         return model.predict_from_embeddings(task, perturbed, mask)
 
-    delta = adversarial_perturbation(fn, embeddings, clean, kind, eps=eps, sigma=attack.sigma_ratio * eps,
+    delta = adversarial_perturbation(fn, embeddings, clean, task.kind, eps=eps, sigma=attack.sigma_ratio * eps,
                                      step_size=attack.step_ratio * eps, steps=attack.steps,
                                      keep=keep_mask(embeddings, mask), ascent_in_fp32=True)
     with torch.no_grad():
-        return divergence(kind, fn(embeddings + delta), clean).item()
+        return divergence(task.kind, fn(embeddings + delta), clean).item()
