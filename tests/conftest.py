@@ -28,6 +28,21 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """A module's tests on one thread, restored afterwards (`pytestmark = pytest.mark.usefixtures(...)`).
+
+    The tiny runs gain nothing from a second thread, and on a 2-core machine shared with another
+    torch process two spinning threads make each step several times slower.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def read_column(path: Path, *columns: str, limit: int | None = None) -> list:
     """Values of the given columns from a course CSV, read with the plain csv module (independent of the package)."""
     with open(path, encoding="utf-8") as f:

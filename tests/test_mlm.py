@@ -19,13 +19,7 @@ from tests.conftest import DATA, read_column
 from tests.test_pipeline import write_tiny_file
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: the tiny runs gain nothing from two, and the machine is shared (see test_pipeline)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

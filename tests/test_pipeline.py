@@ -47,17 +47,7 @@ def write_tiny_file(source: Path, target: Path, rows: int) -> list[str]:
     return ids
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run this module's training on one thread, restored afterwards.
-
-    The tiny runs gain nothing from a second thread, and on a 2-core machine shared with another
-    torch process, two spinning threads each made a step ~8x slower (6 fine-tuning steps: 34 s vs 4 s).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_tiny_course_files(directory: Path, rows: dict[str, int] = ROWS) -> dict:
