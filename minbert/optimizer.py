@@ -85,7 +85,12 @@ class AdamW(Optimizer):
         torch._foreach_addcmul_(second, grads, grads, 1.0 - beta2)  # v ← β₂v + (1−β₂)g²
         denominators = [self._denominator(p) for p in params]
         for v, d in zip(second, denominators):
-            torch.sqrt(v, out=d)
+            # √(v + the dtype's smallest normal number), not √v: on some CPUs (an AMD EPYC measured
+            # in results/README.md) sqrt takes a slow path on zeros and subnormals, and v is exactly
+            # 0 in every word-embedding row no token has reached yet, most of the table. The shift
+            # moves √v by at most 1.1e-19 in fp32, far below the ulp of √v + ε for any ε ≥ 1e-12.
+            torch.add(v, torch.finfo(v.dtype).tiny, out=d)
+        torch._foreach_sqrt_(denominators)
         torch._foreach_add_(denominators, group["eps"])
         torch._foreach_addcdiv_(params, first, denominators, step_sizes)
 

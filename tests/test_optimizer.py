@@ -79,3 +79,18 @@ def test_parameters_without_gradient_are_untouched():
 def test_invalid_hyperparameters_are_rejected(kwargs):
     with pytest.raises(ValueError):
         AdamW([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+
+
+def test_rows_without_any_gradient_yet_only_decay():
+    # Like word-embedding rows no token has reached: m = v = 0 there, and even with eps = 0 the
+    # step must leave them at exactly (1 - lr·wd)·θ, not 0/0.
+    param = torch.nn.Parameter(torch.ones(4, 3))
+    grad = torch.zeros(4, 3)
+    grad[1] = torch.tensor([0.5, -2.0, 1e-3])
+    param.grad = grad
+    AdamW([param], lr=0.1, eps=0.0, weight_decay=0.1).step()
+    untouched = torch.full((3,), 1.0 - 0.1 * 0.1)
+    for row in (0, 2, 3):
+        assert torch.equal(param.detach()[row], untouched)
+    # With bias correction the first step moves every coordinate with a gradient by exactly lr.
+    assert torch.allclose(param.detach()[1], untouched - 0.1 * grad[1].sign(), atol=1e-6)
