@@ -20,6 +20,7 @@ from torch import nn
 
 from minbert.errors import CheckpointError
 from minbert.hub import resolve_checkpoint_dir
+from minbert.lookup import Embedding
 from minbert.packing import Packing
 from minbert.weights import (check_config_values, check_sizes, copy_tokenizer_files, find_weight_file, hf_to_minbert,
                              minbert_to_hf, read_config_json, read_tensors, save_checkpoint, split_checkpoint)
@@ -181,7 +182,7 @@ class BertEmbeddings(nn.Module):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.word_embeddings = Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
