@@ -1,10 +1,11 @@
-"""The BERT encoder in one file: config, embeddings, self-attention, transformer layer, pooler, loading.
+"""The BERT encoder: config, embeddings, self-attention, transformer layer, pooler, loading.
 
-Read top to bottom: `BertConfig` (config.json's fields), dropout, `Linear`, `BertEmbeddings`,
-multi-head self-attention (`eager` is the textbook softmax(QKᵀ/√d + mask)·V, `sdpa` torch's fused
-kernel), one post-norm transformer layer, the layer stack, the pooler, and `BertModel` with
+Read top to bottom: `BertConfig` (config.json's fields), `Linear`, `BertEmbeddings`, multi-head
+self-attention (`eager` is the textbook softmax(QKᵀ/√d + mask)·V, `sdpa` torch's fused kernel),
+one post-norm transformer layer, the layer stack, the pooler, and `BertModel` with
 `from_pretrained`. Checkpoint files (names, config.json checks) are minbert/weights.py's job,
-skipping pad tokens minbert/packing.py's.
+dropout minbert/dropout.py's, the word-embedding lookup's gradient minbert/lookup.py's, skipping
+pad tokens minbert/packing.py's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minbert.errors import CheckpointError
+from minbert.dropout import Dropout, dropout
 from minbert.hub import resolve_checkpoint_dir
 from minbert.lookup import Embedding
 from minbert.packing import Packing
@@ -84,61 +86,6 @@ class BertConfig:
         values.pop("unpad_inputs")
         return {"architectures": ["BertModel"], "model_type": "bert",
                 "position_embedding_type": "absolute", **values}
-
-
-# Dropout. torch's CPU dropout draws a random double per element, as much CPU time in a training
-# step as all the matmuls; here each element takes 16 bits of one int64 draw from torch's default
-# generator, so seeding, resume and SMART's mask replay (smart/dropout.py) work unchanged.
-LEVELS = 1 << 16  # keep an element when its 16-bit draw falls below a threshold
-
-
-def keep_threshold(p: float) -> int:
-    """How many of the 2**16 draws keep an element: the keep probability is this / 2**16, within 2**-17 of 1 - p."""
-    return round((1.0 - p) * LEVELS)
-
-
-def drop_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
-    """A bool mask of the elements to zero, and the scale 1/P(keep) for the rest: E[output] is exactly the input."""
-    count = math.prod(shape)
-    words = -(-count // 4)
-    # [low, high) spans every int64 but the largest, so each 16-bit lane is uniform to within 2**-64.
-    draws = torch.randint(-(1 << 63), (1 << 63) - 1, (words,), dtype=torch.int64, device=device)
-    lanes = draws.view(torch.int16)[:count].view(shape)
-    threshold = keep_threshold(p)
-    # int16 runs from -2**15: shift the threshold so that exactly `threshold` of the 2**16 values keep.
-    return lanes >= threshold - LEVELS // 2, LEVELS / threshold
-
-
-class _MaskedScale(torch.autograd.Function):
-    """x zeroed where `drop`, the rest times `scale`; only the bool mask (not a scaled copy) is kept for backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, drop: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(drop)
-        ctx.scale = scale
-        return x.masked_fill(drop, 0).mul_(scale)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (drop,) = ctx.saved_tensors
-        return grad.masked_fill(drop, 0).mul_(ctx.scale), None, None
-
-
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout: zero each element with probability p (to within 2**-17), scale the rest by 1/P(keep)."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu" or keep_threshold(p) == 0:
-        return torch.nn.functional.dropout(x, p, training=True)
-    drop, scale = drop_mask(x.shape, p, x.device)
-    return _MaskedScale.apply(x, drop, scale)
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with the cheaper CPU masks of `dropout`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
 
 
 class Linear(nn.Linear):

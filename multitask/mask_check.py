@@ -8,14 +8,14 @@ from minbert.plumbing.machine import DeviceError, autocast
 from multitask.model import MultitaskBert
 from multitask.regularizers import TERMS, RegularizerSettings
 from multitask.tasks import TASKS
-from smart import DropoutReplay
+from minbert.dropout import DropoutReplay
 
 # A small batch: the check costs a few forward passes, and the masks it compares are drawn per element.
 CHECK_BATCH, CHECK_LENGTH = 4, 16
 
 
 def shares_dropout_masks(settings: RegularizerSettings) -> bool:
-    """Whether a switched-on term replays the clean pass's dropout masks (smart/dropout.py DropoutReplay).
+    """Whether a switched-on term replays the clean pass's dropout masks (minbert/dropout.py DropoutReplay).
 
     SMART's adversarial term and R3F do with `--smart_dropout shared`; the Bregman term's teacher
     replays the student's masks whatever that flag says, and is counted under it. With

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minbert import BertModel
-from minbert.model import Dropout
+from minbert.dropout import Dropout
 from minbert.plumbing.flags import flag, integer, probability
 from multitask.tasks import COURSE_TASKS, TASKS, Task
 

@@ -10,7 +10,8 @@ import torch
 from minbert.plumbing.flags import FlagError, flag, non_negative, positive, positive_int, probability
 from multitask.model import MultitaskBert
 from multitask.tasks import Task, parse_task_names
-from smart import DropoutReplay, WeightAverage, bregman_loss, divergence, r3f_loss, smoothness_loss
+from minbert.dropout import DropoutReplay
+from smart import WeightAverage, bregman_loss, divergence, r3f_loss, smoothness_loss
 
 if TYPE_CHECKING:  # a type only: multitask.settings imports this module
     from multitask.settings import RunSettings

@@ -34,7 +34,8 @@ from multitask.checkpoint import load_checkpoint  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import STEP_PER_EPS  # noqa: E402
 from multitask.tasks import COURSE_TASKS, DATA_DIR, TASKS  # noqa: E402
-from smart import DropoutReplay, divergence, r3f_loss, smoothness_loss  # noqa: E402
+from minbert.dropout import DropoutReplay  # noqa: E402
+from smart import divergence, r3f_loss, smoothness_loss  # noqa: E402
 
 EPS_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 

@@ -2,13 +2,11 @@
 
 from smart.adversarial import smoothness_loss
 from smart.divergences import KINDS, divergence, squared_error, symmetric_kl, symmetric_kl_binary
-from smart.dropout import DropoutReplay
 from smart.r3f import r3f_loss
 from smart.weight_average import WeightAverage, bregman_loss
 
 __all__ = [
     "KINDS",
-    "DropoutReplay",
     "WeightAverage",
     "bregman_loss",
     "divergence",

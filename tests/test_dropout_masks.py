@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from minbert.model import LEVELS, Dropout, drop_mask, dropout, keep_threshold
-from smart import DropoutReplay
+from minbert.dropout import LEVELS, Dropout, drop_mask, dropout, keep_threshold
+from minbert.dropout import DropoutReplay
 
 
 def kept(shape, p: float) -> torch.Tensor:
@@ -94,3 +94,49 @@ def test_off_in_eval_and_at_zero_and_torch_beyond_the_cpu_grid():
     assert torch.equal(dropout(x, 1.0, training=True), torch.zeros_like(x))
     bf16 = dropout(x.bfloat16(), 0.5, training=True)
     assert bf16.dtype == torch.bfloat16 and set(torch.unique(bf16[bf16 != 0] / x.bfloat16()[bf16 != 0]).tolist()) == {2.0}
+
+
+def test_a_replayed_pass_takes_the_recorded_masks_and_draws_none(monkeypatch):
+    import minbert.dropout as module
+
+    x = torch.ones(8, 16)
+    torch.manual_seed(6)
+    replay = DropoutReplay("cpu")
+    first, second = dropout(x, 0.1, True), dropout(x.t(), 0.3, True)
+    draws = []
+    real = module.drop_mask
+    monkeypatch.setattr(module, "drop_mask", lambda *a: draws.append(a) or real(*a))
+    for _ in range(2):
+        with replay.replaying():
+            torch.manual_seed(99)  # the masks come from the record, not from the generator
+            assert torch.equal(dropout(x, 0.1, True), first)
+            assert torch.equal(dropout(x.t(), 0.3, True), second)
+    assert draws == []
+    # Recording stopped at the first replay: later draws are not added to it.
+    dropout(x, 0.1, True)
+    assert len(replay.masks) == 2
+
+
+def test_a_replayed_pass_unlike_the_recorded_one_is_an_error():
+    replay = DropoutReplay("cpu")
+    dropout(torch.ones(4, 4), 0.1, True)
+    with replay.replaying(), pytest.raises(RuntimeError, match=r"call 0 .* \(4, 5\) mask .* a \(4, 4\) one"):
+        dropout(torch.ones(4, 5), 0.1, True)
+    with replay.replaying(), pytest.raises(RuntimeError, match="p=0.2 .* p=0.1"):
+        dropout(torch.ones(4, 4), 0.2, True)
+    with replay.replaying(), pytest.raises(RuntimeError, match="past the end .* no more masks"):
+        dropout(torch.ones(4, 4), 0.1, True), dropout(torch.ones(4, 4), 0.1, True)
+
+
+def test_a_replay_never_used_stops_recording_when_dropped():
+    import gc
+    import weakref
+
+    import minbert.dropout as module
+
+    replay = DropoutReplay("cpu")
+    assert replay in module._RECORDING
+    gone = weakref.ref(replay)
+    del replay
+    gc.collect()
+    assert gone() is None  # the recording list does not keep it alive, so it no longer records

@@ -13,7 +13,7 @@ from multitask_classifier import main
 from multitask.mask_check import check_dropout_replay, shares_dropout_masks
 from multitask.model import MultitaskBert
 from multitask.regularizers import RegularizerSettings
-from smart.dropout import DropoutReplay
+from minbert.dropout import DropoutReplay
 from tests.test_pipeline import data_args, write_tiny_course_files
 from tests.test_smart_training import TINY, train_tiny, weights
 

@@ -17,7 +17,8 @@ from multitask.regularizers import Regularizers, RegularizerSettings, new_weight
 from multitask.tasks import COURSE_TASKS, TASKS
 from multitask.records import EpochRecord, format_epoch
 from multitask.train import StepLoss
-from smart import DropoutReplay, divergence
+from minbert.dropout import DropoutReplay
+from smart import divergence
 from smart.adversarial import adversarial_perturbation
 from smart.noise import keep_mask
 from tests.test_pipeline import DATA

@@ -16,7 +16,7 @@ from multitask.model import MultitaskBert
 from multitask.regularizers import Regularizers, RegularizerSettings, new_weight_average
 from multitask.tasks import SST, TASKS
 from multitask.train import StepLoss
-from smart import DropoutReplay
+from minbert.dropout import DropoutReplay
 from tests.test_pipeline import DATA
 
 CPU = torch.device("cpu")
