@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import minbert.dropout  # noqa: E402
+import minbert.lookup  # noqa: E402
 import minbert.model  # noqa: E402
 from minbert import BertModel, load_tokenizer  # noqa: E402
 from minbert.hub import default_checkpoint_dir  # noqa: E402
@@ -46,8 +48,9 @@ BATCH = 32
 # weight gradients), adversarial fwd+bwd (3F), teacher fwd (F) = 9F against plain's 3F; the fp32
 # ascent adds the clean forward its objective is taken against (F, in fp32). R3F and R-Drop: a
 # second fwd+bwd, 6F.
-FLOP_RATIO = {"plain": 1.0, "plain+ema": 1.0, "plain-torch-dropout": 1.0, "smart": 10 / 3,
-              "smart-compute-ascent": 9 / 3, "r3f": 6 / 3, "rdrop": 6 / 3}
+FLOP_RATIO = {"plain": 1.0, "plain+ema": 1.0, "plain-torch-dropout": 1.0, "plain-torch-lookup": 1.0,
+              "smart": 10 / 3, "smart-redrawn-masks": 10 / 3, "smart-compute-ascent": 9 / 3, "r3f": 6 / 3,
+              "rdrop": 6 / 3}
 CPU = torch.device("cpu")
 
 
@@ -173,7 +176,9 @@ def encoder_table(tokenizer, lengths, reps, include_eager, peaks: dict[str, floa
 # Each regularised method as (regulariser settings or None, whether a weight average is kept
 # beside it). SMART's Bregman teacher is itself the weight average, as in training.
 REGULARISED = {"plain": (None, False), "plain+ema": (None, True), "plain-torch-dropout": (None, False),
+               "plain-torch-lookup": (None, False),
                "smart": (RegularizerSettings(smart=True), False),
+               "smart-redrawn-masks": (RegularizerSettings(smart=True), False),
                # The ascent in the run's precision instead of fp32 (--smart_ascent_precision compute).
                "smart-compute-ascent": (RegularizerSettings(smart=True, smart_ascent_precision="compute"), False),
                "r3f": (RegularizerSettings(r3f=True), False),
@@ -184,12 +189,29 @@ STEP_PRECISION = resolve_precision("auto", CPU)
 
 @contextmanager
 def torch_dropout() -> Iterator[None]:
-    """The step with torch's own CPU dropout masks instead of minbert's 16-bit ones: the A/B row of that change."""
+    """torch's own CPU dropout masks instead of minbert's 16-bit ones."""
     def torch_masks(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return F.dropout(x, p, training=training)
 
-    with mock.patch.object(minbert.model, "dropout", torch_masks):
+    # The dropout modules call minbert.dropout's name, attention minbert.model's.
+    with mock.patch.object(minbert.dropout, "dropout", torch_masks), mock.patch.object(minbert.model, "dropout",
+                                                                                          torch_masks):
         yield
+
+
+def torch_lookup() -> mock._patch:
+    """torch's embedding backward (a fresh zero gradient table every step) instead of minbert/lookup.py's."""
+    return mock.patch.object(minbert.lookup.Embedding, "forward", torch.nn.Embedding.forward)
+
+
+def redrawn_masks() -> mock._patch:
+    """Replayed passes draw their masks again from the restored generator state instead of taking the recorded ones."""
+    return mock.patch.object(minbert.dropout, "_next_mask", minbert.dropout.drop_mask)
+
+
+# The A/B rows: each undoes one change of the step, so its cost reads against plain (or SMART).
+UNDONE = {"plain-torch-dropout": torch_dropout, "plain-torch-lookup": torch_lookup,
+          "smart-redrawn-masks": redrawn_masks}
 
 
 def regularised_batch(tokenizer, length: int) -> dict[str, torch.Tensor]:
@@ -210,7 +232,7 @@ def regularised_step(method: str, batch: dict[str, torch.Tensor]):
 
     def step():
         model.train()
-        with autocast(CPU, STEP_PRECISION), (torch_dropout() if method == "plain-torch-dropout" else nullcontext()):
+        with autocast(CPU, STEP_PRECISION), UNDONE.get(method, nullcontext)():
             loss = sum(loss_terms(SST, batch).values())
         loss.backward()
         optimizer.step()
@@ -296,11 +318,11 @@ def print_report(report: dict) -> None:
         print(f"  {r['task']:>5}: bucketed {r['bucketed']:.1%}   random batches {r['random']:.1%}")
     print(f"\nregularised fine-tuning step (multitask model, SST head, {report['step_precision']}), median seconds; "
           "peak RSS over 3 steps")
-    print(f"{'method':>9} {'seconds':>8} {'x plain':>8} {'x plain+ema':>11} {'FLOP ratio':>10} {'measured/FLOP':>13} "
+    print(f"{'method':>20} {'seconds':>8} {'x plain':>8} {'x plain+ema':>11} {'FLOP ratio':>10} {'measured/FLOP':>13} "
           f"{'peak MiB':>8} {'above plain':>11}")
     peaks = {r["impl"]: r["peak_rss_mib"] for r in report["regulariser_memory"]}
     for r in report["regularisers"]:
-        print(f"{r['method']:>9} {r['seconds']:>8.3f} {r['ratio_to_plain']:>7.2f}x {r['ratio_to_plain_ema']:>10.2f}x "
+        print(f"{r['method']:>20} {r['seconds']:>8.3f} {r['ratio_to_plain']:>7.2f}x {r['ratio_to_plain_ema']:>10.2f}x "
               f"{r['flop_ratio']:>9.1f}x {r['ratio_over_flop_ratio']:>13.2f} {peaks[r['method']]:>8.0f} "
               f"{peaks[r['method']] - peaks['plain']:>+11.0f}")
 
