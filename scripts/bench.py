@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import minbert.model  # noqa: E402
 from minbert import BertModel, load_tokenizer  # noqa: E402
 from minbert.hub import default_checkpoint_dir  # noqa: E402
 from minbert.optimizer import AdamW  # noqa: E402
-from minbert.plumbing.machine import autocast, resolve_precision  # noqa: E402
+from minbert.plumbing.machine import autocast, machine_description, resolve_precision  # noqa: E402
 from multitask.batching import compare_padding, encode_task  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average  # noqa: E402
@@ -350,7 +349,7 @@ def main() -> None:
     peaks = {precision: matmul_peak(CPU, precision, seconds=2.0) / 1e9 for precision in ("fp32", "bf16")}
     impls = encoder_impls(not args.no_eager)
     regularised_length = 64 if 64 in args.lengths else args.lengths[0]
-    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    report = {"machine": f"{machine_description()}, {torch.get_num_threads()} threads",
               "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", "scripts/bench.py", *sys.argv[1:]]),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "matmul_peak_gflops": peaks,
               "step_precision": STEP_PRECISION,

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minbert import BertModel, load_tokenizer  # noqa: E402
 from minbert.optimizer import warmup_linear_decay  # noqa: E402
 from minbert.plumbing.atomic import atomic_write_text  # noqa: E402
-from minbert.plumbing.machine import autocast, resolve_precision  # noqa: E402
+from minbert.plumbing.machine import autocast, machine_description, resolve_precision  # noqa: E402
 from multitask.batching import BucketBatchSampler, encode_task  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average  # noqa: E402
@@ -90,14 +90,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / args.steps,
              "share": e.self_cpu_time_total / whole, "calls_per_step": e.count / args.steps}
             for e in events[: args.rows]]
-    print(f"{precision}, {torch.get_num_threads()} threads, {'SMART' if args.smart else 'plain'} step, batch "
+    print(f"{machine_description()}; {precision}, {torch.get_num_threads()} threads, "
+          f"{'SMART' if args.smart else 'plain'} step, batch "
           f"{args.batch_size}: {seconds:.3f} s per step (under the profiler)")
     print(f"{'operator':<40} {'ms/step':>8} {'share':>6} {'calls':>6}")
     for r in rows:
         print(f"{r['op'][:40]:<40} {r['self_ms_per_step']:>8.1f} {r['share']:>6.1%} {r['calls_per_step']:>6.0f}")
     if args.json:
         record = {"command": " ".join(["python", "scripts/profile_step.py", *(argv or sys.argv[1:])]),
-                  "date": time.strftime("%Y-%m-%d"), "precision": precision, "threads": torch.get_num_threads(),
+                  "date": time.strftime("%Y-%m-%d"), "machine": machine_description(), "precision": precision, "threads": torch.get_num_threads(),
                   "seconds_per_step": seconds, "rows": rows}
         atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
 

@@ -9,6 +9,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
+import platform
 import random
 from pathlib import Path
 
@@ -64,6 +66,18 @@ def native_bf16_label(flags: frozenset[str]) -> str:
     """"AVX512-BF16, AMX", "AVX512-BF16" or "no native bf16": what `--precision auto` will use on these flags."""
     names = [name for flag, name in NATIVE_BF16_NAMES.items() if flag in flags]
     return ", ".join(names) if names else "no native bf16"
+
+
+def machine_description() -> str:
+    """The hardware a run trains on, e.g. "AMD EPYC (AVX512-BF16), 2 CPUs" (the GPU's name under CUDA).
+
+    The bf16 support is part of it: one CPU model name comes with and without AVX512-BF16, and
+    `--precision auto` then trains in bf16 on one and in the slower fp32 on the other.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    model = cpu_info("model name") or platform.processor() or platform.machine()
+    return f"{model} ({native_bf16_label(cpu_flags())}), {os.cpu_count()} CPUs"
 
 
 def choose_precision(requested: str, device_type: str, capability: tuple[int, int] | None = None,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import subprocess
 import time
@@ -13,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from minbert.plumbing.atomic import atomic_write_text
-from minbert.plumbing.machine import cpu_flags, cpu_info, native_bf16_label
+from minbert.plumbing.machine import machine_description
 from minbert.plumbing.progress import newest_progress
 from multitask.ablation.grid import REPO, Configuration, GridError, GridSettings, report_paths, run_dir
 from multitask.predictions import prediction_path
@@ -86,20 +84,6 @@ def build_command(settings: GridSettings, config: Configuration, seed: int, mlm_
         # Last, so that a --pretrained among the extra flags still leaves these rows on the MLM encoder.
         command += ["--pretrained", str(mlm_dir)]
     return command
-
-
-def machine_description() -> str:
-    """The hardware a run trains on, e.g. "AMD EPYC (AVX512-BF16), 2 CPUs" (the GPU's name under CUDA).
-
-    The bf16 support is part of it: one CPU model name comes with and without AVX512-BF16, and
-    `--precision auto` then trains in bf16 on one and in the slower fp32 on the other.
-    """
-    import torch  # only here: the rest of the runner does not need torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    model = cpu_info("model name") or platform.processor() or platform.machine()
-    return f"{model} ({native_bf16_label(cpu_flags())}), {os.cpu_count()} CPUs"
 
 
 def run_signature(settings: GridSettings, config: Configuration, seed: int, mlm_signature: dict | None) -> dict:
