@@ -2,15 +2,17 @@
 
 torch's embedding backward allocates a fresh zero gradient the size of the whole table every step
 (30522 × 384 fp32 = 47 MB for MiniLM). On the CPU an allocation that large comes straight from the
-OS, so zeroing it faults in every page again: the largest cost of a bf16 training step outside the
-matmuls (results/README.md, "Step profile"), though a step's tokens touch a few hundred rows.
+OS, so zeroing it faults in every page again: one of the largest single costs of a bf16 training
+step outside the matmuls (results/README.md, "Step profile"), though a step's tokens touch a few
+hundred rows.
 
-Here the backward zeroes a buffer kept for the table and adds the rows into it, and the gradient it
-returns shares that buffer's memory; autograd then adopts it as `weight.grad` without a copy. The
-buffer is reused only while nothing else holds it: if `weight.grad` from an earlier backward is
-still alive (gradient accumulation), or the table is looked up twice in one graph (R-Drop, R3F,
-tied MLM weights), that backward gets a freshly allocated gradient instead, as torch's would. The
-sums are the ones torch forms (row by row, positions in order), so the gradient is bit-identical.
+Here the backward zeroes a buffer kept for the table and adds the rows into it, and the gradient
+it returns shares that buffer's memory; autograd then adopts it as `weight.grad` without a copy.
+The buffer is reused only while nothing else holds it: if `weight.grad` from an earlier backward
+is still alive (gradient accumulation), or the table is looked up twice in one graph (R-Drop's
+second pass, tied MLM weights), that backward gets a freshly allocated gradient instead, as
+torch's would. The sums are the ones torch forms (row by row, positions in order), so the
+gradient is bit-identical.
 """
 
 from __future__ import annotations
