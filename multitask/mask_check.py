@@ -29,9 +29,10 @@ def shares_dropout_masks(settings: RegularizerSettings) -> bool:
 def check_dropout_replay(model: MultitaskBert, device: torch.device, precision: str) -> None:
     """Refuse, in one line, a device on which a pass replayed with DropoutReplay differs from its clean pass.
 
-    Replaying restores the generator state the clean pass drew its masks from; a device, kernel
-    or library that draws dropout from elsewhere would silently turn the shared-mask terms into
-    R-Drop's. The check runs the way a training step does (train mode, autograd on, the run's
+    On the CPU a replayed pass takes back the masks the clean pass recorded; elsewhere (torch's
+    CUDA dropout) it restores the generator state the clean pass drew them from, and a device,
+    kernel or library that draws dropout from elsewhere would silently turn the shared-mask terms
+    into R-Drop's. The check runs the way a training step does (train mode, autograd on, the run's
     autocast) on a random batch, and leaves the model's mode and every random generator as it
     found them, so the run that follows draws exactly what it would have drawn without it.
     """
