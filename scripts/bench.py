@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from unittest import mock
 
@@ -198,12 +198,12 @@ def torch_dropout() -> Iterator[None]:
         yield
 
 
-def torch_lookup() -> mock._patch:
+def torch_lookup() -> AbstractContextManager:
     """torch's embedding backward (a fresh zero gradient table every step) instead of minbert/lookup.py's."""
     return mock.patch.object(minbert.lookup.Embedding, "forward", torch.nn.Embedding.forward)
 
 
-def redrawn_masks() -> mock._patch:
+def redrawn_masks() -> AbstractContextManager:
     """Replayed passes draw their masks again from the restored generator state instead of taking the recorded ones."""
     return mock.patch.object(minbert.dropout, "_next_mask", minbert.dropout.drop_mask)
 
