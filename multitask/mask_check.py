@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from minbert.dropout import DropoutReplay
 from minbert.plumbing.machine import DeviceError, autocast
 from multitask.model import MultitaskBert
 from multitask.regularizers import TERMS, RegularizerSettings
 from multitask.tasks import TASKS
-from minbert.dropout import DropoutReplay
 
 # A small batch: the check costs a few forward passes, and the masks it compares are drawn per element.
 CHECK_BATCH, CHECK_LENGTH = 4, 16

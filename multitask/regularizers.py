@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from minbert.dropout import DropoutReplay
 from minbert.plumbing.flags import FlagError, flag, non_negative, positive, positive_int, probability
 from multitask.model import MultitaskBert
 from multitask.tasks import Task, parse_task_names
-from minbert.dropout import DropoutReplay
 from smart import WeightAverage, bregman_loss, divergence, r3f_loss, smoothness_loss
 
 if TYPE_CHECKING:  # a type only: multitask.settings imports this module

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from minbert.dropout import DropoutReplay
 from minbert.optimizer import AdamW, warmup_linear_decay
 from minbert.plumbing.flags import COURSE_SEED, flag, non_negative, non_negative_int, positive, positive_int
 from minbert.plumbing.flags import seed as seed_type
@@ -41,7 +42,6 @@ from multitask.regularizers import Regularizers
 from multitask.schedule import SCHEDULES, epoch_plan
 from multitask.tasks import Task
 from multitask.throughput import epoch_throughput
-from minbert.dropout import DropoutReplay
 from smart import WeightAverage
 
 log = logging.getLogger(__name__)

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / args.steps,
              "share": e.self_cpu_time_total / whole, "calls_per_step": e.count / args.steps}
             for e in events[: args.rows]]
-    print(f"{machine_description()}; {precision}, {torch.get_num_threads()} threads, "
+    machine = machine_description()
+    print(f"{machine}; {precision}, {torch.get_num_threads()} threads, "
           f"{'SMART' if args.smart else 'plain'} step, batch "
           f"{args.batch_size}: {seconds:.3f} s per step (under the profiler)")
     print(f"{'operator':<40} {'ms/step':>8} {'share':>6} {'calls':>6}")
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r['op'][:40]:<40} {r['self_ms_per_step']:>8.1f} {r['share']:>6.1%} {r['calls_per_step']:>6.0f}")
     if args.json:
         record = {"command": " ".join(["python", "scripts/profile_step.py", *(argv or sys.argv[1:])]),
-                  "date": time.strftime("%Y-%m-%d"), "machine": machine_description(), "precision": precision, "threads": torch.get_num_threads(),
+                  "date": time.strftime("%Y-%m-%d"), "machine": machine, "precision": precision,
+                  "threads": torch.get_num_threads(),
                   "seconds_per_step": seconds, "rows": rows}
         atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
 

@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minbert import BertModel, load_tokenizer  # noqa: E402
+from minbert.dropout import DropoutReplay  # noqa: E402
 from minbert.plumbing.atomic import atomic_write_text  # noqa: E402
 from minbert.plumbing.machine import autocast  # noqa: E402
 from multitask.batching import EncodedTask, encode_task  # noqa: E402
@@ -34,7 +35,6 @@ from multitask.checkpoint import load_checkpoint  # noqa: E402
 from multitask.model import MultitaskBert  # noqa: E402
 from multitask.regularizers import STEP_PER_EPS  # noqa: E402
 from multitask.tasks import COURSE_TASKS, DATA_DIR, TASKS  # noqa: E402
-from minbert.dropout import DropoutReplay  # noqa: E402
 from smart import divergence, r3f_loss, smoothness_loss  # noqa: E402
 
 EPS_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)

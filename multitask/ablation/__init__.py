@@ -8,7 +8,7 @@ from multitask.ablation.grid import (BASELINE, COURSE_SEED, GRID, MLM_SCRIPT, RE
 from multitask.ablation.mlm_stage import checkpoint_problem, mlm_encoder_signature, prepare_mlm_encoder
 from multitask.ablation.runner import finished_results, run_grid
 from multitask.ablation.single_run import (CLASSIFIER, DONE, RunResult, build_command, complete, finished_marker,
-                                           finished_result, last_error_line, machine_description, read_metrics,
+                                           finished_result, last_error_line, read_metrics,
                                            recorded_result, result_from_metrics, run_logged, run_one,
                                            run_signature)
 
@@ -16,6 +16,6 @@ __all__ = ["BASELINE", "CLASSIFIER", "COURSE_SEED", "DONE", "GRID", "MLM_SCRIPT"
            "Configuration", "GridError", "GridSettings", "RunResult", "build_command", "check_extra_args",
            "checkpoint_problem", "complete", "finished_marker", "finished_result", "finished_results",
            "fraction_label", "last_error_line",
-           "machine_description", "mlm_encoder_signature", "parse_configs", "parse_seeds", "prepare_mlm_encoder",
+           "mlm_encoder_signature", "parse_configs", "parse_seeds", "prepare_mlm_encoder",
            "read_metrics", "recorded_result", "report_paths", "result_from_metrics", "run_dir", "run_grid",
            "run_logged", "run_one", "run_signature"]
