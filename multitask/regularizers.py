@@ -66,7 +66,7 @@ class RegularizerSettings:
     no_adversarial: bool = flag(False, "with --smart: drop the adversarial term")
     no_bregman: bool = flag(False, "with --smart: drop the Bregman term")
     smart_lambda: float = flag(1.0, "weight λ_s of the adversarial term", type=non_negative)
-    smart_eps: float = flag(0.1, "ℓ∞ radius ε of δ, added after the embedding LayerNorm (entries of order 1); "
+    smart_eps: float = flag(0.01, "ℓ∞ radius ε of δ, added after the embedding LayerNorm (entries of order 1); "
                                   "the paper's setting is 1e-5", type=positive)
     smart_sigma: float | None = flag(None, "std σ of δ's starting noise (default: ε, the paper's ratio); not 0 with "
                                            "shared masks, where the ascent would start at its minimum",
@@ -75,8 +75,9 @@ class RegularizerSettings:
                                          type=positive)
     smart_steps: int = flag(1, "ascent steps T", type=positive_int)
     smart_ascent_precision: str = flag(
-        "fp32", "precision of the ascent that finds δ under bf16: fp32 (autocast off; bf16 rounding flips the signs "
-                "the ℓ∞ step follows, a weaker attack) or compute (the run's precision, cheaper)",
+        "fp32", "precision of the ascent that finds δ under bf16: fp32 (autocast off; in bf16 the change δ₀ makes "
+                "is lost in rounding and the ℓ∞ step follows noisy signs, a weaker attack) or compute (the run's "
+                "precision, cheaper)",
         choices=("fp32", "compute"))
     smart_dropout: str = flag(
         "shared", "dropout masks of the perturbed passes of --smart and --r3f: shared with the clean pass (the "

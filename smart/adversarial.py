@@ -48,9 +48,9 @@ def adversarial_perturbation(
     """The δ of Algorithm 1 after `steps` projected ascent steps, detached (arguments already checked).
 
     With `ascent_in_fp32`, the ascent's passes run with autocast off. Its first gradient is taken
-    at δ₀ ~ N(0, σ²), whose entries can sit below bf16's resolution of order-1 embeddings, and it
-    steers by the signs of small gradient entries, which bf16 rounding in the backward pass flips:
-    under bf16 the δ found is a weaker attack than fp32's at the same radius. ℓ_s is then taken
+    at δ₀ ~ N(0, σ²), whose effect on each layer's input sits at bf16's rounding of the whole
+    input: under bf16 that gradient is largely the forward pass's rounding, the ℓ∞ step follows
+    its signs, and the δ found is a weaker attack than fp32's at the same radius. ℓ_s is then taken
     against the clean output of that same fp32 function (one extra forward without a graph), so
     that at δ = 0 the ascent's objective is exactly 0, not the bf16 rounding gap.
     """
