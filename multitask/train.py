@@ -47,9 +47,11 @@ from smart import WeightAverage
 log = logging.getLogger(__name__)
 
 
-# Updates between returns of freed heap memory to the OS (release_free_memory): often enough that
-# the heap cannot ratchet up between two, rarely enough that the cost is lost in the step time.
-RELEASE_MEMORY_EVERY = 5
+# Updates between returns of freed heap memory to the OS (release_free_memory). Each return makes
+# the next steps fault the released pages in again: every 5 updates cost 7% of a run's CPU time in
+# the kernel and bounded the RSS only while training, below the peak that dev scoring and
+# predictions set anyway (results/README.md, "Peak memory of training").
+RELEASE_MEMORY_EVERY = 50
 # Steps timed before the run's length is estimated in the log: past the first steps' one-off
 # costs, early enough to be useful.
 ESTIMATE_AFTER_STEPS = 20
