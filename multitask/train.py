@@ -49,8 +49,7 @@ log = logging.getLogger(__name__)
 
 # Updates between returns of freed heap memory to the OS (release_free_memory): often enough that
 # the heap cannot ratchet up for long, rarely enough that the steps after a return, which fault the
-# released pages in again, are few (every 5 updates put 7% of a run's CPU time in the kernel;
-# results/README.md, "Peak memory of training").
+# released pages in again, are few (the trade measured in results/README.md, "Peak memory of training").
 RELEASE_MEMORY_EVERY = 50
 # Steps timed before the run's length is estimated in the log: past the first steps' one-off
 # costs, early enough to be useful.
