@@ -20,8 +20,8 @@ from minbert import BertModel, CheckpointError, load_tokenizer
 from minbert.hub import is_hub_id, resolve_checkpoint_dir
 from minbert.model import BertConfig
 from minbert.plumbing.flags import FlagError
-from minbert.plumbing.machine import (DeviceError, allow_tf32, precision_choice, release_free_memory,
-                                      resolve_precision, seed_everything)
+from minbert.plumbing.heap import release_free_memory
+from minbert.plumbing.machine import DeviceError, allow_tf32, precision_choice, resolve_precision, seed_everything
 from minbert.plumbing.progress import is_main_process
 from multitask.batching import EncodedTask, encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint

@@ -31,8 +31,8 @@ from minbert.optimizer import AdamW, warmup_linear_decay
 from minbert.plumbing.flags import COURSE_SEED, flag, non_negative, non_negative_int, positive, positive_int
 from minbert.plumbing.flags import seed as seed_type
 from minbert.plumbing.loop import JsonlWriter, NonFiniteGuard, TooManyBadSteps, parameter_groups, step_through_scaler
-from minbert.plumbing.machine import (PRECISION_HELP, PRECISIONS, RESOLVED_PRECISIONS, autocast, grad_scaler,
-                                      release_free_memory, to_device)
+from minbert.plumbing.heap import HeapTrimmer
+from minbert.plumbing.machine import PRECISION_HELP, PRECISIONS, RESOLVED_PRECISIONS, autocast, grad_scaler, to_device
 from minbert.plumbing.progress import DEFAULT_INTERVAL, ProgressReporter, format_duration, show_progress
 from multitask.batching import BucketBatchSampler, EncodedTask
 from multitask.evaluate import overall, predict
@@ -47,10 +47,6 @@ from smart import WeightAverage
 log = logging.getLogger(__name__)
 
 
-# Updates between returns of freed heap memory to the OS (release_free_memory): often enough that
-# the heap cannot ratchet up for long, rarely enough that the steps after a return, which fault the
-# released pages in again, are few (the trade measured in results/README.md, "Peak memory of training").
-RELEASE_MEMORY_EVERY = 50
 # Steps timed before the run's length is estimated in the log: past the first steps' one-off
 # costs, early enough to be useful.
 ESTIMATE_AFTER_STEPS = 20
@@ -192,6 +188,8 @@ class Trainer:
         self.scaler = grad_scaler(device, settings.precision)
         self.scaler_skips = 0
         self.updates = 0
+        # Returns the heap's freed pages to the OS when they pile up (packed batches fragment it).
+        self.heap = HeapTrimmer()
         self.guard = NonFiniteGuard(settings.max_bad_steps, TrainingAborted, "--max_bad_steps", log)
         self.best_mean = -math.inf
         self.history: list[EpochRecord] = []
@@ -323,7 +321,7 @@ class Trainer:
         bar.close()
         progress.step, progress.seconds = len(plan), time.perf_counter() - start
         dev_scores = self.evaluate()
-        release_free_memory()
+        self.heap.release_now()
         sums, counts = progress.sums, progress.counts
         return EpochRecord(epoch + 1, dev_scores, overall(dev_scores),
                            {k: sums[k] / counts[k] for k in sums if counts.get(k)}, round(progress.seconds, 1),
@@ -380,8 +378,7 @@ class Trainer:
         self.updates += 1
         if self.average is not None:
             self.average.update(self.updates - 1, self.total_updates)
-        if self.updates % RELEASE_MEMORY_EVERY == 0:
-            release_free_memory()
+        self.heap.after_update()
 
     def scaled_step(self) -> None:
         """fp16: the optimiser step through the scaler, counting the steps it skipped."""

@@ -1,4 +1,4 @@
-"""The machine a run uses: device, precision policy and autocast, seeding, moving batches, heap trimming.
+"""The machine a run uses: device, precision policy and autocast, seeding, moving batches.
 
 Precision: bf16 autocast where it is native, fp16 with loss scaling on older GPUs, else fp32.
 """
@@ -6,9 +6,6 @@ Precision: bf16 autocast where it is native, fp16 with loss scaling on older GPU
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import os
 import platform
 import random
@@ -206,28 +203,3 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     if device.type != "cuda":
         return batch
     return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
-    """glibc's malloc_trim, or None where the C library has none (macOS, musl, Windows)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        return ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def release_free_memory() -> bool:
-    """Hand the heap's free pages back to the OS; True if glibc did release some.
-
-    Training with packed batches allocates tensors of ever-changing sizes; glibc keeps the freed
-    blocks in its heap, where they fragment, and the process's RSS ratchets up epoch after epoch
-    though the live tensors stay the same size. malloc_trim(0) gives whole free pages anywhere in
-    the heap back, which bounds the RSS without changing how malloc serves allocations (forcing
-    mmap for large blocks instead makes every step fault its pages in afresh; results/README.md).
-    """
-    trim = _malloc_trim()
-    return bool(trim(0)) if trim is not None else False
