@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -12,6 +14,8 @@ from minbert.plumbing.flags import FlagError, flag, non_negative, positive, posi
 from multitask.model import MultitaskBert
 from multitask.tasks import Task, parse_task_names
 from smart import WeightAverage, bregman_loss, divergence, r3f_loss, smoothness_loss
+from smart.adversarial import adversarial_perturbation
+from smart.noise import keep_mask
 
 if TYPE_CHECKING:  # a type only: multitask.settings imports this module
     from multitask.settings import RunSettings
@@ -181,20 +185,33 @@ class Regularizers:
         return self.settings.smart_dropout == "shared" and any(
             self.runs(term.name, task) for term in TERMS if term.replays_masks)
 
-    def perturbed_function(self, model: MultitaskBert, task: Task, mask: torch.Tensor,
-                           masks: DropoutReplay | None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """x ↦ f(x): the task output from input embeddings, under the clean pass's dropout masks when given."""
-        def f(embeddings: torch.Tensor) -> torch.Tensor:
-            return model.predict_from_embeddings(task, embeddings, mask)
+    def ascends_first(self, task: Task, masks: DropoutReplay | None, embeddings: torch.Tensor) -> bool:
+        """Whether this step finds SMART's δ before its clean pass: with the fp32 ascent under autocast
+        and shared masks, the ascent needs neither the clean output (it computes its own fp32 target)
+        nor new masks, and the clean pass's activations are then not held while the ascent's fp32 ones
+        are (the step's peak memory)."""
+        return (self.runs("adversarial", task) and masks is not None
+                and self.settings.smart_ascent_precision == "fp32"
+                and torch.is_autocast_enabled(embeddings.device.type))
 
-        return f if masks is None else masks.wrap(f)
+    def adversarial_delta(self, model: MultitaskBert, model_fn: Callable, f: Callable, embeddings: torch.Tensor,
+                          task: Task, mask: torch.Tensor) -> torch.Tensor:
+        """SMART's δ ahead of the clean pass (see `ascends_first`): model_fn's fp32 target pass draws the
+        step's dropout masks, which the ascent's passes through f, and then the clean pass, replay."""
+        s = self.settings
+        with parameters_frozen(model):
+            return adversarial_perturbation(f, embeddings, None, task.kind, s.smart_eps, s.sigma, s.step_size,
+                                            s.smart_steps, keep_mask(embeddings, mask), ascent_in_fp32=True,
+                                            target_fn=model_fn)
 
     def adversarial(self, f: Callable, embeddings: torch.Tensor, output: torch.Tensor, task: Task,
-                    mask: torch.Tensor) -> torch.Tensor:
+                    mask: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """λ_s·R_s; `delta` when `adversarial_delta` found it already."""
         s = self.settings
         return s.smart_lambda * smoothness_loss(f, embeddings, output, task.kind, eps=s.smart_eps,
                                                 sigma=s.sigma, step_size=s.step_size, steps=s.smart_steps,
-                                                mask=mask, ascent_in_fp32=s.smart_ascent_precision == "fp32")
+                                                mask=mask, ascent_in_fp32=s.smart_ascent_precision == "fp32",
+                                                delta=delta)
 
     def r3f(self, f: Callable, embeddings: torch.Tensor, output: torch.Tensor, task: Task,
             mask: torch.Tensor) -> torch.Tensor:
@@ -230,6 +247,20 @@ class Regularizers:
         with torch.no_grad(), step_masks.replaying():
             teacher_output = teacher(task, batch)
         return self.settings.bregman_mu * bregman_loss(output, teacher_output, task.kind)
+
+
+@contextmanager
+def parameters_frozen(module: torch.nn.Module) -> Iterator[None]:
+    """requires_grad off for the module's trainable parameters meanwhile: a pass whose only gradient is
+    its input's then keeps no layer inputs for weight gradients (a sixth of the fp32 ascent's memory)."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def check_regularizer_flags(regularizers: RegularizerSettings, run: RunSettings) -> None:

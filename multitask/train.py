@@ -109,14 +109,25 @@ class StepLoss(nn.Module):
         embeddings, mask = self.model.embed(task, batch)
         # Taken before the clean pass draws its dropout masks, so the perturbed passes can replay them.
         masks = DropoutReplay(embeddings.device) if r is not None and r.shares_masks(task) else None
-        output = self.model.predict_from_embeddings(task, embeddings, mask)
+
+        def model_fn(inputs: torch.Tensor) -> torch.Tensor:
+            return self.model.predict_from_embeddings(task, inputs, mask)
+
+        f = model_fn if masks is None else masks.wrap(model_fn)
+        delta = None
+        if r is not None and r.ascends_first(task, masks, embeddings):
+            # The ascent's fp32 target pass draws the masks here (the same draws the clean pass would
+            # make: it comes first), and the clean pass replays them.
+            delta = r.adversarial_delta(self.model, model_fn, f, embeddings, task, mask)
+            output = f(embeddings)
+        else:
+            output = model_fn(embeddings)
         terms = {"task": task.loss(output, batch["labels"])}
         if r is None:
             return terms
         # The order is fixed: each term draws random numbers (noise, dropout masks) in turn.
-        f = r.perturbed_function(self.model, task, mask, masks)
         if r.runs("adversarial", task):
-            terms["adversarial"] = r.adversarial(f, embeddings, output, task, mask)
+            terms["adversarial"] = r.adversarial(f, embeddings, output, task, mask, delta)
         if r.runs("r3f", task):
             terms["r3f"] = r.r3f(f, embeddings, output, task, mask)
         if r.runs("rdrop", task):

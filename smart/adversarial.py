@@ -44,6 +44,7 @@ def adversarial_perturbation(
     steps: int,
     keep: torch.Tensor | None,
     ascent_in_fp32: bool = False,
+    target_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """The δ of Algorithm 1 after `steps` projected ascent steps, detached (arguments already checked).
 
@@ -52,19 +53,25 @@ def adversarial_perturbation(
     input: under bf16 that gradient is largely the forward pass's rounding, the ℓ∞ step follows
     its signs, and the δ found is a weaker attack than fp32's at the same radius. ℓ_s is then taken
     against the clean output of that same fp32 function (one extra forward without a graph), so
-    that at δ = 0 the ascent's objective is exactly 0, not the bf16 rounding gap.
+    that at δ = 0 the ascent's objective is exactly 0, not the bf16 rounding gap. That pass runs
+    `target_fn` when given (else fn), and `clean_output` may then be None: a caller can find δ
+    before its clean pass, with target_fn drawing the dropout masks that fn and the clean pass replay.
     """
     base = embeddings.detach()
-    delta = masked_noise(embeddings, "normal", sigma, keep)
     precise = ascent_in_fp32 and torch.is_autocast_enabled(base.device.type)
     # The caller may sit under no_grad (e.g. an evaluation probe); the ascent needs a graph anyway.
     autocast_off = torch.autocast(base.device.type, enabled=False) if precise else nullcontext()
     with torch.enable_grad(), autocast_off:
         if precise and steps > 0:
             with torch.no_grad():
-                target = fn(base).detach()
+                target = (fn if target_fn is None else target_fn)(base).detach()
+        elif clean_output is None:
+            raise ValueError("clean_output is needed unless the ascent runs in fp32 under autocast")
         else:
             target = clean_output.detach()
+        # Drawn after the target pass: when that pass draws the step's dropout masks (target_fn),
+        # they come off the generator first, as they would in a clean pass run before the ascent.
+        delta = masked_noise(embeddings, "normal", sigma, keep)
         for _ in range(steps):
             delta.requires_grad_(True)
             loss = divergence(kind, fn(base + delta), target)
@@ -90,6 +97,7 @@ def smoothness_loss(
     steps: int = 1,
     mask: torch.Tensor | None = None,
     ascent_in_fp32: bool = False,
+    delta: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """R_s = ℓ_s(f(x + δ), f(x)), δ found by projected ℓ∞ gradient ascent; a scalar to weight by λ_s.
 
@@ -104,6 +112,10 @@ def smoothness_loss(
     `adversarial_perturbation`; the final perturbed pass always runs in the caller's precision, the
     one f(x) was computed in.
 
+    `delta`: δ already found by `adversarial_perturbation` with these settings (a caller that runs the
+    ascent before its clean pass, so the two passes' activations are never held at once); the
+    ascent is then not run again.
+
     With a deterministic fn (shared dropout masks) and sigma = 0 the ascent starts at the exact
     minimum of ℓ_s, where the gradient is 0, so δ stays 0: the caller should refuse that setting.
     """
@@ -112,8 +124,9 @@ def smoothness_loss(
     check_positive("sigma", sigma, allow_zero=True)
     check_positive("step_size", step_size)
     _check_steps(steps)
-    keep = keep_mask(embeddings, mask)
-    delta = adversarial_perturbation(
-        fn, embeddings, clean_output, kind, eps, sigma, step_size, steps, keep, ascent_in_fp32
-    )
+    if delta is None:
+        delta = adversarial_perturbation(
+            fn, embeddings, clean_output, kind, eps, sigma, step_size, steps, keep_mask(embeddings, mask),
+            ascent_in_fp32
+        )
     return divergence(kind, fn(embeddings + delta), clean_output)

@@ -11,11 +11,11 @@ from typing import Callable
 # Growth of the resident set, over what it was one update after the last return, that triggers the
 # next return: large enough that the pages a return gives back (and the next steps fault in again)
 # are not paid for every few updates, small enough to keep the peak near the live memory. A fixed
-# update count could not do both: a SMART step allocates ~4x what a plain one does, so the heap
-# grows ~4x faster per update (results/README.md, "Peak memory of training").
-GROWTH_BYTES = 256 * 2**20
-# Updates between returns at the least: the step right after a return faults its pages in again.
-MIN_UPDATES_BETWEEN = 5
+# update count could not do both: a SMART step allocates several times what a plain one does, and
+# its heap grows that much faster per update (results/README.md, "Peak memory of training").
+GROWTH_BYTES = 512 * 2**20
+# Updates between returns at the least: the steps after a return fault its pages in again.
+MIN_UPDATES_BETWEEN = 10
 # Where the resident set cannot be read (no /proc): a return every this many updates.
 FALLBACK_EVERY = 50
 
