@@ -7,9 +7,9 @@ import torch
 from minbert import BertConfig, BertModel
 from multitask.batching import EncodedTask
 from multitask.model import MultitaskBert
-from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average
+from multitask.regularizers import RegularizerSettings, Regularizers, new_weight_average, parameters_frozen
 from multitask.tasks import TASKS
-from multitask.train import Trainer, TrainSettings
+from multitask.train import StepLoss, Trainer, TrainSettings
 
 TINY = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                   max_position_embeddings=32)
@@ -107,3 +107,50 @@ def test_teacher_follows_the_student_by_the_ema_formula(tmp_path):
         expected = 0.01 * student[name] + 0.99 * before[name]
         assert torch.allclose(p, expected, atol=1e-6), name
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def smart_step(model: MultitaskBert, batch: dict[str, torch.Tensor], ascent_first: bool, monkeypatch) -> tuple:
+    """One bf16 SMART step (adversarial and Bregman terms) on the tiny model: its terms and gradients."""
+    regularizers = Regularizers(RegularizerSettings(smart=True, smart_eps=0.1), new_weight_average(model, None))
+    taken = []
+    if ascent_first:
+        found = regularizers.adversarial_delta
+        monkeypatch.setattr(regularizers, "adversarial_delta", lambda *args: taken.append(1) or found(*args))
+    else:
+        monkeypatch.setattr(regularizers, "ascends_first", lambda *args: False)
+    torch.manual_seed(5)
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = StepLoss(model, regularizers)(TASKS["para"], batch)
+    sum(terms.values()).backward()
+    assert len(taken) == ascent_first  # the path under test was the one taken
+    return ({name: value.item() for name, value in terms.items()},
+            {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+
+
+def test_finding_delta_before_the_clean_pass_changes_no_number(monkeypatch):
+    # The fp32 ascent runs before the clean pass (so their activations are never held together):
+    # its target pass draws the dropout masks the clean pass used to draw, and δ₀ comes after them.
+    # Every term and every gradient must be the ones of the clean-pass-first order.
+    torch.manual_seed(0)
+    model = MultitaskBert(BertModel(TINY)).train()
+    batch = tiny_tasks(8)["para"].batch(list(range(8)))
+    first_terms, first_grads = smart_step(model, batch, True, monkeypatch)
+    monkeypatch.undo()
+    clean_terms, clean_grads = smart_step(model, batch, False, monkeypatch)
+    assert first_terms == clean_terms and first_terms["adversarial"] > 0
+    assert first_grads.keys() == clean_grads.keys() and len(first_grads) > 0
+    assert all(torch.equal(first_grads[name], clean_grads[name]) for name in first_grads)
+
+
+def test_parameters_frozen_puts_back_only_what_it_froze():
+    model = MultitaskBert(BertModel(TINY))
+    model.heads.requires_grad_(False)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    try:
+        with parameters_frozen(model):
+            assert not any(p.requires_grad for p in model.parameters())
+            raise KeyError("inside")
+    except KeyError:
+        pass
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == trainable and trainable
