@@ -1,14 +1,15 @@
 """The multitask training loop: task-scheduled steps, AdamW with warm-up/decay, dev evaluation per epoch.
 
-One default training step, through 12 files: multitask_classifier.py builds the `Trainer`, whose
+One default training step, through 13 files: multitask_classifier.py builds the `Trainer`, whose
 `train_epoch` (here) takes the step's rows from the epoch plan and `run_step` pads them
 (`EncodedTask.batch`, multitask/batching.py) and moves them (minbert/plumbing/machine.py, which
 also gives the step's autocast); `StepLoss.forward` (here) runs `MultitaskBert`
 (multitask/model.py) on the encoder (minbert/model.py: its word-embedding lookup in
 minbert/lookup.py, its dropout in minbert/dropout.py, pads skipped with minbert/packing.py) and
 takes `Task.loss` (multitask/tasks.py); `update` (here) steps AdamW and its schedule
-(minbert/optimizer.py) and moves the weight average (smart/weight_average.py). Regularisers add
-their terms in `StepLoss` (multitask/regularizers.py, on smart/).
+(minbert/optimizer.py), moves the weight average (smart/weight_average.py) and returns freed heap
+memory to the OS when it piles up (minbert/plumbing/heap.py). Regularisers add their terms in
+`StepLoss` (multitask/regularizers.py, on smart/).
 """
 
 from __future__ import annotations
