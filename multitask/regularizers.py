@@ -252,7 +252,7 @@ class Regularizers:
 @contextmanager
 def parameters_frozen(module: torch.nn.Module) -> Iterator[None]:
     """requires_grad off for the module's trainable parameters meanwhile: a pass whose only gradient is
-    its input's then keeps no layer inputs for weight gradients (a sixth of the fp32 ascent's memory)."""
+    its input's then keeps no layer inputs for weight gradients (results/README.md, "SMART's peak")."""
     trainable = [p for p in module.parameters() if p.requires_grad]
     for p in trainable:
         p.requires_grad_(False)
