@@ -156,7 +156,7 @@ def train_and_predict(settings: Settings, env: DistEnv, device: torch.device) ->
     dump_final_state(model, average, env)
     if not env.is_main:
         return
-    best = max(history, key=lambda r: r.dev_mean)
+    best = max((r for r in history if r.dev_mean is not None), key=lambda r: r.dev_mean)
     print(f"best {format_epoch(best)}; trained in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     if not settings.run.skip_predictions:
         kept_dev = trainer.best_dev_predictions

@@ -13,8 +13,8 @@ TIMING_KEYS = frozenset({"train_seconds", "model_gflops_per_s", "matmul_peak_gfl
 @dataclass
 class EpochRecord:
     epoch: int
-    dev_scores: dict[str, float]
-    dev_mean: float
+    dev_scores: dict[str, float]  # empty for an epoch that --eval_every leaves unscored
+    dev_mean: float | None
     train_losses: dict[str, float]
     train_seconds: float
     train_examples: int
@@ -54,11 +54,15 @@ class EpochProgress:
 
 def format_epoch(record: EpochRecord) -> str:
     """The epoch's dev scores, then its mean training losses, each regulariser term with its share of its task's."""
-    scores = "  ".join(f"{task} {value:.3f}" for task, value in record.dev_scores.items())
+    if record.dev_mean is None:
+        dev = "dev not scored (--eval_every)"
+    else:
+        scores = "  ".join(f"{task} {value:.3f}" for task, value in record.dev_scores.items())
+        dev = f"dev {scores}  mean {record.dev_mean:.3f}"
     ratios = record.term_ratios()
     losses = ", ".join(f"{key} {format_loss(value)}" + (f" ({100 * ratios[key]:#.3g}% of {key.partition('_')[0]})" if key in ratios else "")
                        for key, value in record.train_losses.items())
     of_peak = record.extra.get("of_peak")
     rate = "" if of_peak is None else f", {of_peak:.0%} of the matmul peak"
-    return (f"epoch {record.epoch}: dev {scores}  mean {record.dev_mean:.3f}  "
+    return (f"epoch {record.epoch}: {dev}  "
             f"({record.train_examples} examples in {record.train_seconds:.0f}s{rate}); train losses {losses}")

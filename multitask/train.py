@@ -76,6 +76,8 @@ class TrainSettings:
         None, "examples per step over all torchrun processes, split evenly between them "
               "(default: --batch_size × processes)", type=positive_int)
     eval_batch_size: int = flag(128, "examples per batch when scoring dev and writing predictions", type=positive_int)
+    eval_every: int = flag(1, "score dev after every N-th epoch and after the last; the kept checkpoint is the best "
+                              "scored epoch (N = --epochs: only the last, a fixed budget)", type=positive_int)
     grad_accum: int = flag(1, "steps whose gradients are summed into one update", type=positive_int)
     weight_decay: float = flag(0.01, "AdamW weight decay (not on biases and LayerNorm weights)", type=non_negative)
     warmup_ratio: float = 0.1
@@ -233,7 +235,7 @@ class Trainer:
             if self.is_main:
                 metrics.append(record.as_json())
                 print(format_epoch(record), flush=True)
-            if record.dev_mean > self.best_mean:
+            if record.dev_mean is not None and record.dev_mean > self.best_mean:
                 self.best_mean = record.dev_mean
                 self.best_dev_predictions = {name: dict(zip(self.dev_sets[name].ids, values.tolist()))
                                              for name, values in self.last_dev_predictions.items()}
@@ -332,10 +334,10 @@ class Trainer:
                                         f"update {self.updates}/{self.total_updates}")
         bar.close()
         progress.step, progress.seconds = len(plan), time.perf_counter() - start
-        dev_scores = self.evaluate()
+        dev_scores = self.evaluate() if self.scores_epoch(epoch) else {}
         self.heap.release_now()
         sums, counts = progress.sums, progress.counts
-        return EpochRecord(epoch + 1, dev_scores, overall(dev_scores),
+        return EpochRecord(epoch + 1, dev_scores, overall(dev_scores) if dev_scores else None,
                            {k: sums[k] / counts[k] for k in sums if counts.get(k)}, round(progress.seconds, 1),
                            progress.examples, self.bad_steps - progress.bad_steps_before,
                            {"lr": self.scheduler.get_last_lr()[0],
@@ -343,6 +345,10 @@ class Trainer:
                                else {"scaler_skipped_steps": self.scaler_skips - progress.scaler_skips_before}),
                             **epoch_throughput(self.model.encoder.config, progress.tokens, progress.seconds,
                                                self.matmul_peak)})
+
+    def scores_epoch(self, epoch: int) -> bool:
+        """Whether dev is scored after `epoch` (from 0): every --eval_every-th epoch, and the last."""
+        return (epoch + 1) % self.settings.eval_every == 0 or epoch + 1 == self.settings.epochs
 
     def log_estimate(self, epoch: int, steps_left_in_epoch: int, seconds_per_step: float) -> None:
         """Once per process: how long the rest of the training loop should take at the pace so far."""
