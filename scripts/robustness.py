@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev_limit", type=integer(1), default=None, help="the first N examples of each dev set")
     p.add_argument("--attack_limit", type=attack_limit, default=500,
                    help="the first N of those for the typo attack, or 'all' (default: 500)")
+    p.add_argument("--smooth_limit", type=integer(1), default=None,
+                   help="the first N of those for the smoothness ascent, the slowest measure (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seeds the text noise, the typos and δ₀")
     add_flags(p, RunSettings, only=("device",))
     add_flags(p, TrainSettings, only=("precision",))
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         files = dev_files(args.checkpoint, args.data_dir)
         measures = measure_checkpoint(args.checkpoint, files, seed=args.seed, device=device,
                                       precision=args.precision, dev_limit=args.dev_limit,
-                                      attack_limit=args.attack_limit, progress=progress)
+                                      attack_limit=args.attack_limit, smooth_limit=args.smooth_limit,
+                                      progress=progress)
     except (CheckpointError, DataError, DeviceError) as err:
         sys.exit(f"error: {err}")
     print(f"{args.checkpoint}: dev sets from {args.data_dir}, seed {args.seed}, "
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.json is not None:
         record = {"checkpoint": str(args.checkpoint), "dev_files": {t: str(p) for t, p in files.items()},
                   "seed": args.seed, "dev_limit": args.dev_limit, "attack_limit": args.attack_limit,
+                  "smooth_limit": args.smooth_limit,
                   "precision": args.precision, "measures": measures}
         # NaN (an attack success with no right answer to attack) is written as NaN, which Python's json reads.
         atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 import stat
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from multitask.ablation import GRID, GridError, GridSettings, build_command, finished_results, run_dir, run_signature
 from multitask.ablation import by_size
 from multitask.ablation.seed_stats import paired_difference
-from multitask.ablation.single_run import ROBUSTNESS, dev_files, run_one
+from multitask.ablation.single_run import ROBUSTNESS, code_version, dev_files, run_one
 from multitask.ablation.sizes import (BY_SIZE_ROWS, SizeGrid, epochs_flag, finished_by_size, mean_curve,
                                       parse_by_fraction, parse_fractions, pilot_grid, pilot_summary, plateau_epoch,
                                       run_by_size, size_grid)
@@ -49,6 +50,7 @@ p.add_argument("--out_dir", type=Path, required=True)
 p.add_argument("--epochs", type=int, required=True)
 p.add_argument("--seed", type=int, required=True)
 p.add_argument("--train_fraction", type=float, default=1.0)
+p.add_argument("--eval_every", type=int, default=1)
 p.add_argument("--smart", action="store_true")
 p.add_argument("--no_bregman", action="store_true")
 p.add_argument("--no_adversarial", action="store_true")
@@ -65,8 +67,10 @@ args.out_dir.mkdir(parents=True, exist_ok=True)
 with open(args.out_dir / "metrics.jsonl", "w") as f:
     for epoch in range(1, args.epochs + 1):
         mean = dev_mean(config, args.seed, args.train_fraction, epoch)
-        f.write(json.dumps({{"epoch": epoch, "dev_sst": mean - 0.2, "dev_para": mean + 0.1, "dev_sts": mean + 0.05,
-                            "dev_mean": mean, "train_seconds": 100 * args.train_fraction}}) + "\\n")
+        scores = {{"dev_sst": mean - 0.2, "dev_para": mean + 0.1, "dev_sts": mean + 0.05, "dev_mean": mean}}
+        if epoch % args.eval_every and epoch < args.epochs:
+            scores = {{"dev_mean": None}}  # as multitask_classifier.py writes an epoch --eval_every skips
+        f.write(json.dumps({{"epoch": epoch, **scores, "train_seconds": 100 * args.train_fraction}}) + "\\n")
 '''
 
 
@@ -98,10 +102,10 @@ class FakeRobustness:
 
     def measure_checkpoint(self, checkpoint: Path, dev_files: dict[str, Path], *, seed: int = 0, device: str = "cpu",
                            precision: str = "fp32", dev_limit: int | None = None,
-                           attack_limit: int | None = 500) -> dict[str, float]:
+                           attack_limit: int | None = 500, smooth_limit: int | None = None) -> dict[str, float]:
         self.calls.append({"checkpoint": checkpoint, "present": (checkpoint / "model.safetensors").is_file(),
                            "dev_files": dev_files, "seed": seed, "device": device, "precision": precision,
-                           "dev_limit": dev_limit, "attack_limit": attack_limit})
+                           "dev_limit": dev_limit, "attack_limit": attack_limit, "smooth_limit": smooth_limit})
         if self.fail:
             raise RuntimeError("the attack ran out of words")
         # The run's configuration names its directory: <out_dir>/frac<F>/<config>/seed<seed>/best.
@@ -174,12 +178,18 @@ def test_size_flags_set_each_fraction_s_seeds_epochs_directory_and_command(tmp_p
     assert run_dir(settings, "smart", 4) == Path("results/ablations_by_size/frac0.02/smart/seed4")
     args = build_parser().parse_args(build_command(settings, GRID["smart"], 4, None)[2:])
     assert (args.train_fraction, args.epochs, args.seed, args.smart) == (0.02, 8, 4, True)
+    # Every row at a fraction is scored once, at the end of its budget.
+    assert args.eval_every == 8
     assert args.out_dir == Path("results/ablations_by_size/frac0.02/smart/seed4")
     signatures = [run_signature(grid.at(f), GRID["smart"], 1, None) for f in grid.fractions]
     assert [s["train_fraction"] for s in signatures] == [0.02, 0.1, 0.3]
+    assert [s["eval_every"] for s in signatures] == [8, 5, 3]
     pilot = ABLATE.size_grid_from_args(["--train_fraction", "0.1", "--pilot"])[0]
     assert (pilot.base.configs, pilot.base.epochs, pilot.at(0.1).seeds, pilot.base.out_dir) == (
         ["baseline"], 10, [11711], Path("results/ablations_by_size_pilot"))
+    # The pilot needs its whole dev curve: every epoch scored.
+    pilot_args = build_parser().parse_args(build_command(pilot.at(0.1), GRID["baseline"], 11711, None)[2:])
+    assert pilot_args.eval_every == 1 and "eval_every" not in run_signature(pilot.at(0.1), GRID["baseline"], 1, None)
 
 
 def test_grids_without_the_new_settings_keep_their_signatures():
@@ -192,6 +202,27 @@ def test_grids_without_the_new_settings_keep_their_signatures():
             assert run_signature(grid, GRID[record["config"]], record["seed"], None) == record["signature"]
     with_measures = run_signature(dataclasses.replace(grid, robustness=True), GRID["smart"], 1, None)
     assert with_measures["robustness"] == ROBUSTNESS and "robustness" not in run_signature(grid, GRID["smart"], 1, None)
+
+
+def test_the_code_version_is_the_commit_marked_when_code_changed_but_not_results(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    assert code_version(tmp_path) is None  # not a checkout
+    (tmp_path / "results").mkdir()
+    (tmp_path / "train.py").write_text("a = 1\n")
+    (tmp_path / "results" / "grid.md").write_text("report\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    commit = code_version(tmp_path)
+    assert commit is not None and len(commit) == 12 and int(commit, 16) >= 0
+    (tmp_path / "results" / "grid.md").write_text("rewritten by a running grid\n")
+    (tmp_path / "untracked.py").write_text("")
+    assert code_version(tmp_path) == commit
+    (tmp_path / "train.py").write_text("a = 2\n")
+    assert code_version(tmp_path) == commit + "+changes"
 
 
 def test_dev_files_follow_the_run_s_command(tmp_path):
@@ -221,13 +252,15 @@ def test_the_grid_runs_every_fraction_measures_each_checkpoint_and_reports(tmp_p
     assert len(commands) == 15
     assert sum(c[c.index("--train_fraction") + 1] == "0.25" and c[c.index("--epochs") + 1] == "2" for c in commands) == 9
     assert sum(c[c.index("--train_fraction") + 1] == "0.5" and c[c.index("--epochs") + 1] == "3" for c in commands) == 6
+    assert all(c[c.index("--eval_every") + 1] == c[c.index("--epochs") + 1] for c in commands)
+    assert all(r.best_epoch == grid.at(f).epochs and r.dev_curve == [] for f, runs in results.items() for r in runs)
 
     # Measured once per run, on the checkpoint while it existed, which is gone afterwards.
     assert len(robustness.calls) == 15 and all(call["present"] for call in robustness.calls)
     first = robustness.calls[0]
     assert first["checkpoint"] == grid.base.out_dir / "frac0.25" / "baseline" / "seed11711" / "best"
-    assert (first["seed"], first["device"], first["precision"], first["dev_limit"], first["attack_limit"]) == (
-        11711, "cpu", "fp32", 30, 500)
+    assert (first["seed"], first["device"], first["precision"], first["dev_limit"], first["attack_limit"],
+            first["smooth_limit"]) == (11711, "cpu", "fp32", 30, 500, 200)
     assert first["dev_files"] == {task: REPO / "data" / name for task, name in
                                   (("sst", "ids-sst-dev.csv"), ("para", "quora-dev.csv"), ("sts", "sts-dev.csv"))}
     for run in results[0.25] + results[0.5]:
@@ -235,6 +268,7 @@ def test_the_grid_runs_every_fraction_measures_each_checkpoint_and_reports(tmp_p
         assert not (directory / "best").exists()
         assert run.robustness == measures(run.config, run.seed)
         assert read_json(directory / "done.json")["robustness"] == run.robustness
+        assert run.code == code_version() and run.code
 
     # The report: per fraction and row, mean ± std and the paired difference from baseline.
     document = read_json(grid.base.out_dir.parent / "ablations_by_size.json")

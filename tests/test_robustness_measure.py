@@ -151,6 +151,14 @@ def test_limits_and_task_checks(model, tokenizer, dev_examples):
     small = measure_model(model, tokenizer, {"para": dev_examples["para"]}, max_length=MAX_LENGTH, dev_limit=3,
                           attack_limit=None)
     assert small["attack_examples_para"] == 3 and not any(k.endswith("_sst") for k in small)
+    # smooth_limit: the smoothness of the first N examples; every other measure on all of them.
+    para = {"para": dev_examples["para"]}
+    part = measure_model(model, tokenizer, para, max_length=MAX_LENGTH, attack_limit=None, smooth_limit=2)
+    first_two = measure_model(model, tokenizer, para, max_length=MAX_LENGTH, attack_limit=None, dev_limit=2)
+    whole = measure_model(model, tokenizer, para, max_length=MAX_LENGTH, attack_limit=None)
+    assert len(dev_examples["para"]) > 2 and part.keys() == whole.keys()
+    assert all(part[k] == (first_two if k.startswith("smooth_") else whole)[k] for k in part)
+    assert any(part[k] != whole[k] for k in part if k.startswith("smooth_"))
     with pytest.raises(ValueError, match="cfimdb"):
         measure_model(model, tokenizer, {"cfimdb": []})
     with pytest.raises(ValueError, match="heads for"):
@@ -164,9 +172,9 @@ def test_checkpoint_measures_equal_the_in_memory_model(checkpoint, dev_files, me
 def test_script_prints_and_writes_what_measure_checkpoint_returns(checkpoint, dev_files, tmp_path, capsys):
     out = tmp_path / "rob.json"
     returned = script.main(["--checkpoint", str(checkpoint), "--data_dir", str(dev_files["sst"].parent),
-                            "--seed", "3", "--attack_limit", "4", "--json", str(out)])
+                            "--seed", "3", "--attack_limit", "4", "--smooth_limit", "2", "--json", str(out)])
     printed = capsys.readouterr().out
-    expected = measure_checkpoint(checkpoint, dev_files, seed=3, attack_limit=4)
+    expected = measure_checkpoint(checkpoint, dev_files, seed=3, attack_limit=4, smooth_limit=2)
     assert returned == expected
     assert json.loads(out.read_text())["measures"] == expected
     assert format_table(expected) in printed

@@ -161,7 +161,7 @@ def robustness_tables(summary: dict[str, list[dict]]) -> list[str]:
     if not lines:
         return []
     return ["", "## Robustness", "",
-            "`multitask.robustness.measure_checkpoint` on each run's best checkpoint (fp32, the run's seed: the same "
+            "`multitask.robustness.measure_checkpoint` on each run's kept checkpoint (fp32, the run's seed: the same "
             f"perturbations for every row at a seed). `{BASELINE}`: mean ± std over seeds; the other columns: the "
             f"paired difference from it with a {CONFIDENCE:.0%} t-interval. Shares (accuracies, attack success, "
             "calibration error) in points (×100); smoothness divergences (`smooth_*`) as they are.", *lines]
@@ -183,10 +183,12 @@ def markdown(grid: SizeGrid, results: Results, summary: dict[str, list[dict]], f
     metrics = metric_columns(runs)
     b = grid.base
     dev = "the full dev sets" if b.dev_limit is None else f"the first {b.dev_limit} dev examples per task"
+    when = ("after its last epoch (every row at a fraction trains for the same budget and is scored once, at its "
+            "end)" if b.last_epoch_only else "of its best epoch (highest dev mean)")
     lines = ["# Ablations by training-set size", "",
              "Every run trained on a fraction of each task's training file: a subset drawn by the run's seed, so "
-             f"at one seed every row trains on the same examples. Dev scores on {dev}, of each run's best epoch "
-             "(highest dev mean; STS as (r + 1) / 2 in the mean), as mean ± sample standard deviation over seeds.",
+             f"at one seed every row trains on the same examples. Dev scores on {dev}, {when}; STS as (r + 1) / 2 in "
+             "the mean; mean ± sample standard deviation over seeds.",
              "", *budget_table(grid, results, full), "", pilot_line(grid),
              f"- rows: {', '.join(f'{name} (`{GRID[name].describe()}`)' for name in b.configs)}"]
     if b.train_limit is not None:

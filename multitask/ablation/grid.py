@@ -72,6 +72,9 @@ class GridSettings:
     python: str = sys.executable
     train_fraction: float | None = None  # every run trains on this seeded fraction of each training file
     robustness: bool = False  # measure each finished run's best checkpoint (multitask.robustness)
+    # Dev scored once, after the last epoch (--eval_every epochs): every row is judged at the same budget,
+    # and short epochs do not pay a dev scoring each.
+    last_epoch_only: bool = False
 
     def budget(self) -> dict:
         """The settings every run shares, as stated above the results table."""
@@ -84,6 +87,8 @@ class GridSettings:
             budget["train_fraction"] = self.train_fraction
         if self.robustness:
             budget["robustness"] = True
+        if self.last_epoch_only:
+            budget["dev_scored"] = "after the last epoch only"
         return budget
 
     @property

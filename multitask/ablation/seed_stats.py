@@ -128,7 +128,11 @@ def machine_lines(results: Sequence[RunResult]) -> list[str]:
             by_machine.setdefault(r.machine or "not recorded", []).append(r)
     parts = [f"{machine}: {len(runs)} run{'s' * (len(runs) != 1)}, "
              f"{sum(r.wall_seconds or 0 for r in runs) / 3600:.1f} h" for machine, runs in by_machine.items()]
-    return [f"- trained on {'; '.join(parts)} (wall time: training, dev scoring and predictions)"] if parts else []
+    lines = [f"- trained on {'; '.join(parts)} (wall time: training, dev scoring and predictions)"] if parts else []
+    codes = sorted({r.code for r in results if r.status == "done" and r.code})
+    if codes:
+        lines.append(f"- code: {', '.join(f'`{code}`' for code in codes)}")
+    return lines
 
 
 def closing_lines(failed_runs: Sequence[str]) -> list[str]:

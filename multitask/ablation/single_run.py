@@ -20,8 +20,10 @@ from multitask.tasks import PREDICTED_SPLITS, TASKS
 CLASSIFIER = REPO / "multitask_classifier.py"
 DONE = "done.json"
 # How the runner calls measure_checkpoint: fp32 whatever the run trained in, so that runs of one
-# seed measured on machines where --precision auto differs still pair up.
-ROBUSTNESS = {"precision": "fp32", "attack_limit": 500}
+# seed measured on machines where --precision auto differs still pair up. The first 500 examples of
+# each dev set (the attack on all of them), the smoothness ascent on the first 200: on the whole dev
+# sets the measures would cost more than training the low-resource grid (results/README.md).
+ROBUSTNESS = {"precision": "fp32", "dev_limit": 500, "attack_limit": 500, "smooth_limit": 200}
 
 
 @dataclass
@@ -40,6 +42,7 @@ class RunResult:
     reused: bool = False  # finished by an earlier invocation, not run again
     error: str | None = None
     machine: str | None = None  # where it trained: times compare only between runs on one machine
+    code: str | None = None  # the checkout's commit that trained it: a grid's runs must share one
     signature: dict | None = None  # run_signature: what a later invocation must match to reuse this run
     # The best epoch's mean training loss terms (`loss_sst`, `loss_sst_adversarial`, ...) and each
     # regulariser term's ratio to its task's loss (`ratio_sst_adversarial`): how large the terms were.
@@ -70,6 +73,8 @@ def build_command(settings: GridSettings, config: Configuration, seed: int, mlm_
         command += ["--train_fraction", str(settings.train_fraction)]
     if settings.dev_limit is not None:
         command += ["--dev_limit", str(settings.dev_limit)]
+    if settings.last_epoch_only:
+        command += ["--eval_every", str(settings.epochs)]
     if settings.keep_checkpoints:
         # The classifier removes a finished run's resume state unless told to keep it.
         command.append("--keep_resume")
@@ -86,6 +91,22 @@ def build_command(settings: GridSettings, config: Configuration, seed: int, mlm_
     return command
 
 
+def code_version(repo: Path = REPO) -> str | None:
+    """The checkout's commit, with "+changes" when tracked code differs from it; None outside git.
+
+    Changes under results/ do not count: a running grid rewrites its own reports there.
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if changed else "")
+
+
 def run_signature(settings: GridSettings, config: Configuration, seed: int, mlm_signature: dict | None) -> dict:
     """What makes a finished run reusable: a run with another budget or encoder is run again."""
     signature = {"config": config.name, "flags": list(config.flags), "seed": seed, "epochs": settings.epochs,
@@ -95,6 +116,8 @@ def run_signature(settings: GridSettings, config: Configuration, seed: int, mlm_
     # Only when set, so that the records of grids from before these settings still match.
     if settings.train_fraction is not None:
         signature["train_fraction"] = settings.train_fraction
+    if settings.last_epoch_only:
+        signature["eval_every"] = settings.epochs
     if settings.robustness:
         # A run finished without the measures cannot get them later (its checkpoint is gone): it reruns.
         signature["robustness"] = dict(ROBUSTNESS)
@@ -134,7 +157,8 @@ def finished_marker(directory: Path, signature: dict, epochs: int) -> dict | Non
 def result_from_metrics(config: str, seed: int, directory: Path, records: list[dict], done: dict,
                         reused: bool) -> RunResult:
     """The result of a finished run from its epoch records and its done marker."""
-    best = max(records, key=lambda record: record["dev_mean"])
+    scored = [record for record in records if record.get("dev_mean") is not None]
+    best = max(scored, key=lambda record: record["dev_mean"])
     wall = done.get("wall_seconds")
     return RunResult(config, seed, "done", str(directory), best_epoch=best["epoch"],
                      dev={key[len("dev_"):]: value for key, value in best.items()
@@ -142,9 +166,10 @@ def result_from_metrics(config: str, seed: int, directory: Path, records: list[d
                      dev_mean=best["dev_mean"],
                      train_seconds=round(sum(record.get("train_seconds", 0.0) for record in records), 1),
                      wall_seconds=None if wall is None else round(wall, 1), reused=reused,
-                     machine=done.get("machine"), signature=done.get("signature"),
+                     machine=done.get("machine"), code=done.get("code"), signature=done.get("signature"),
                      terms={key: value for key, value in best.items() if key.startswith(("loss_", "ratio_"))},
-                     dev_curve=[record["dev_mean"] for record in records],
+                     # Only a run scored after every epoch has a curve (the pilot's runs).
+                     dev_curve=[record["dev_mean"] for record in scored] if len(scored) == len(records) else [],
                      robustness=done.get("robustness", {}))
 
 
@@ -248,12 +273,14 @@ def check_robustness_module() -> None:
 
 def measure_robustness(settings: GridSettings, command: list[str], directory: Path, seed: int) -> dict[str, float]:
     """multitask.robustness.measure_checkpoint on a finished run's best checkpoint, with the run's seed
-    (the same perturbations for every configuration at that seed) and the grid's dev limit."""
+    (the same perturbations for every configuration at that seed), on ROBUSTNESS's share of the dev
+    sets or the grid's smaller dev limit."""
     from multitask.robustness import measure_checkpoint  # imported only when asked for
 
+    limit = ROBUSTNESS["dev_limit"] if settings.dev_limit is None else min(settings.dev_limit, ROBUSTNESS["dev_limit"])
     measures = measure_checkpoint(directory / "best", dev_files(command), seed=seed, device="cpu",
-                                  precision=ROBUSTNESS["precision"], dev_limit=settings.dev_limit,
-                                  attack_limit=ROBUSTNESS["attack_limit"])
+                                  precision=ROBUSTNESS["precision"], dev_limit=limit,
+                                  attack_limit=ROBUSTNESS["attack_limit"], smooth_limit=ROBUSTNESS["smooth_limit"])
     return {key: float(value) for key, value in measures.items()}
 
 
@@ -298,7 +325,8 @@ def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: P
         # ablation keeps. (The classifier itself removes the finished run's resume state.)
         shutil.rmtree(directory / "best", ignore_errors=True)
     done = {"signature": signature, "command": command, "wall_seconds": round(wall, 1),
-            "machine": machine_description(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "machine": machine_description(), "code": code_version(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if settings.robustness:
         done["robustness"] = robustness
     atomic_write_text(directory / DONE, json.dumps(done, indent=2))

@@ -94,7 +94,8 @@ def size_grid(base: GridSettings, fractions: str, seeds_by_fraction: str | None,
                                                                      parsed).items()}
     epochs = {} if epochs_by_fraction is None else parse_by_fraction(epochs_by_fraction, "--epochs_by_fraction",
                                                                      parsed)
-    return SizeGrid(base, parsed, seeds, epochs)
+    # Each fraction's rows train for the pilot's budget and are scored at its end, not at their best epoch.
+    return SizeGrid(dataclasses.replace(base, last_epoch_only=True), parsed, seeds, epochs)
 
 
 def pilot_dir(out_dir: Path) -> Path:
@@ -106,7 +107,7 @@ def pilot_grid(grid: SizeGrid, epochs: int) -> SizeGrid:
     """The baseline alone at every fraction for `epochs` epochs, in its own directory; no predictions
     or robustness measures: only the dev curve is wanted."""
     base = dataclasses.replace(grid.base, out_dir=pilot_dir(grid.base.out_dir), configs=[BASELINE], epochs=epochs,
-                               skip_predictions=True, robustness=False)
+                               skip_predictions=True, robustness=False, last_epoch_only=False)
     return SizeGrid(base, grid.fractions)
 
 

@@ -44,13 +44,14 @@ def measure_names(task: str) -> list[str]:
 
 def measure_model(model: MultitaskBert, tokenizer: BertTokenizer, dev_examples: Mapping[str, Sequence[Example]], *,
                   seed: int = 0, device: str | torch.device = "cpu", precision: str = "fp32", max_length: int = 128,
-                  dev_limit: int | None = None, attack_limit: int | None = 500, attack: Attack = Attack(),
-                  batch_size: int = 32, progress: Callable[[str], None] | None = None) -> dict[str, float]:
+                  dev_limit: int | None = None, attack_limit: int | None = 500, smooth_limit: int | None = None,
+                  attack: Attack = Attack(), batch_size: int = 32,
+                  progress: Callable[[str], None] | None = None) -> dict[str, float]:
     """Flat measure name → value for each task of `dev_examples` (among sst, para, sts), in eval mode.
 
     `dev_limit`: the first N examples of each dev set for every measure; `attack_limit`: the first N
-    of those for the word attack (None: all), the most expensive part. `progress` receives a line
-    as each part starts.
+    of those for the word attack (None: all); `smooth_limit`: the first N of them for the smoothness
+    ascent (None: all), the most expensive part. `progress` receives a line as each part starts.
     """
     tasks = _check_tasks(model, dev_examples)
     if precision not in RESOLVED_PRECISIONS:
@@ -64,9 +65,10 @@ def measure_model(model: MultitaskBert, tokenizer: BertTokenizer, dev_examples: 
         examples = list(dev_examples[task])[:dev_limit]
         if not examples:
             raise ValueError(f"{task}: no dev examples to measure")
-        dataset = encode_task(examples, tokenizer, TASKS[task], model.pair_encoding, max_length)
+        smoothed = examples[:smooth_limit]
+        dataset = encode_task(smoothed, tokenizer, TASKS[task], model.pair_encoding, max_length)
         for eps in EPS_GRID:
-            report(f"{task}: smoothness at ε = {eps:g} ({len(examples)} examples, {attack.steps} ascent steps)")
+            report(f"{task}: smoothness at ε = {eps:g} ({len(smoothed)} examples, {attack.steps} ascent steps)")
             results[f"smooth_{task}_eps{eps_name(eps)}"] = smoothness(model, dataset, eps, attack, device, precision,
                                                                       batch_size, seed)
         for kind in NOISE_KINDS:
@@ -98,6 +100,7 @@ def _check_tasks(model: MultitaskBert, dev_examples: Mapping[str, Sequence[Examp
 
 def measure_checkpoint(checkpoint: Path, dev_files: dict[str, Path], *, seed: int = 0, device: str = "cpu",
                        precision: str = "fp32", dev_limit: int | None = None, attack_limit: int | None = 500,
+                       smooth_limit: int | None = None,
                        progress: Callable[[str], None] | None = None) -> dict[str, float]:
     """Flat measure name -> value for the checkpoint's tasks (among sst, para, sts).
 
@@ -116,4 +119,5 @@ def measure_checkpoint(checkpoint: Path, dev_files: dict[str, Path], *, seed: in
     _check_tasks(model, dev_files)
     dev_examples = {task: TASKS[task].read(path).examples for task, path in dev_files.items()}
     return measure_model(model, tokenizer, dev_examples, seed=seed, device=device, precision=precision,
-                         max_length=max_length, dev_limit=dev_limit, attack_limit=attack_limit, progress=progress)
+                         max_length=max_length, dev_limit=dev_limit, attack_limit=attack_limit,
+                         smooth_limit=smooth_limit, progress=progress)
