@@ -239,12 +239,13 @@ def test_the_grid_runs_every_fraction_measures_each_checkpoint_and_reports(tmp_p
     written = []
 
     def write(results: dict) -> None:
-        # The report is rewritten after each fraction: a grid killed in its last fraction keeps the others'.
+        # The report is rewritten after every run: a grid killed midway keeps every finished run's record.
         written.append({f: len(runs) for f, runs in results.items()})
         by_size.write_reports(grid, results)
 
     results = run_by_size(grid, quiet, write)
-    assert written == [{0.25: 9, 0.5: 0}, {0.25: 9, 0.5: 6}]
+    assert written == [*({0.25: n, 0.5: 0} for n in range(1, 10)), {0.25: 9, 0.5: 0},
+                       *({0.25: 9, 0.5: n} for n in range(1, 7)), {0.25: 9, 0.5: 6}]
     assert {f: [(r.config, r.seed, r.status) for r in runs] for f, runs in results.items()} == {
         0.25: [(c, s, "done") for s in (11711, 1, 2) for c in ("baseline", "smart", "r3f")],
         0.5: [(c, s, "done") for s in (11711, 1) for c in ("baseline", "smart", "r3f")]}
@@ -313,6 +314,16 @@ def test_the_grid_runs_every_fraction_measures_each_checkpoint_and_reports(tmp_p
     assert "15 of 15 runs finished" in result.stdout and not grid.base.out_dir.exists()
     rebuilt = (grid.base.out_dir.parent / "ablations_by_size.md").read_text()
     assert f"| 0.25 | smart | 3 | {100 * expected.mean:+.1f} [" in rebuilt and "| typo5_sst |" in rebuilt
+
+
+def test_a_report_written_while_a_run_is_redone_keeps_the_runs_after_it(tmp_path, fake_classifier, robustness):
+    grid = grid_of(tmp_path, fake_classifier)
+    run_by_size(grid, quiet, lambda results: None)
+    (run_dir(grid.at(0.25), "baseline", 11711) / "done.json").unlink()  # the first run of the plan
+    written = []
+    run_by_size(grid, quiet, lambda results: written.append({f: len(runs) for f, runs in results.items()}))
+    assert len(calls(fake_classifier)) == 16
+    assert written == [{0.25: 9, 0.5: 6}] * 17
 
 
 def test_a_failed_measure_fails_the_run_and_keeps_its_checkpoint(tmp_path, fake_classifier, robustness):

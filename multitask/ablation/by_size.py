@@ -233,7 +233,8 @@ def plot(path: Path, summary: dict[str, list[dict]], metrics: list[tuple[str, st
         ax.minorticks_off()
         ax.set_xlabel("fraction of the training data", fontsize=8)
         ax.set_title(f"Δ {title} (points)", fontsize=9)
-    axes[0][0].legend(fontsize=7)
+    if axes[0][0].get_legend_handles_labels()[0]:  # none before a row other than baseline has finished
+        axes[0][0].legend(fontsize=7)
     fig.suptitle(f"dev score minus {BASELINE} (same seed, same rows), mean and {CONFIDENCE:.0%} t-interval over "
                  "seeds", fontsize=9)
     fig.tight_layout()

@@ -17,8 +17,10 @@ def finished_results(settings: GridSettings) -> list[RunResult]:
     return [result for result in results if result is not None]
 
 
-def run_grid(settings: GridSettings, say: Callable[[str], None] = print) -> list[RunResult]:
-    """Run every configuration for every seed (seed by seed, so a partial grid still compares all configs)."""
+def run_grid(settings: GridSettings, say: Callable[[str], None] = print,
+             after_each: Callable[[list[RunResult]], object] | None = None) -> list[RunResult]:
+    """Run every configuration for every seed (seed by seed, so a partial grid still compares all configs);
+    `after_each` gets the results so far after every run."""
     if settings.robustness:
         check_robustness_module()
     configs = [GRID[name] for name in settings.configs]
@@ -35,6 +37,8 @@ def run_grid(settings: GridSettings, say: Callable[[str], None] = print) -> list
             results.append(RunResult(config.name, seed, "failed", str(run_dir(settings, config.name, seed)),
                                      error=mlm_error))
             say(f"{tag}: FAILED: no MLM encoder")
-            continue
-        results.append(run_one(settings, config, seed, mlm_dir, mlm_signature, say, tag))
+        else:
+            results.append(run_one(settings, config, seed, mlm_dir, mlm_signature, say, tag))
+        if after_each is not None:
+            after_each(results)
     return results

@@ -117,9 +117,10 @@ def finished_by_size(grid: SizeGrid) -> Results:
 
 
 def run_by_size(grid: SizeGrid, say: Callable[[str], None], write: Callable[[Results], object]) -> Results:
-    """Each fraction's grid in turn, smallest first; the reports are rewritten after each fraction.
+    """Each fraction's grid in turn, smallest first; the reports are rewritten after every run, so that
+    a grid that takes several sessions can be committed as it goes.
 
-    The fractions not yet run hold what earlier invocations finished: a report written midway must
+    The runs not yet reached hold what earlier invocations finished: a report written midway must
     not lose the records a fresh clone resumes from.
     """
     results = finished_by_size(grid)
@@ -127,7 +128,13 @@ def run_by_size(grid: SizeGrid, say: Callable[[str], None], write: Callable[[Res
         settings = grid.at(fraction)
         say(f"fraction {fraction_label(fraction)}: {len(settings.configs)} row(s) × {len(settings.seeds)} seed(s), "
             f"{settings.epochs} epoch(s)")
-        results[fraction] = run_grid(settings, say)
+        earlier = results[fraction]
+
+        def write_so_far(so_far: list[RunResult], fraction: float = fraction, earlier: list[RunResult] = earlier):
+            reached = {(r.config, r.seed) for r in so_far}
+            write({**results, fraction: so_far + [r for r in earlier if (r.config, r.seed) not in reached]})
+
+        results[fraction] = run_grid(settings, say, after_each=write_so_far)
         write(results)
     return results
 
