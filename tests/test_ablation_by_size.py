@@ -334,6 +334,32 @@ def test_a_failed_measure_fails_the_run_and_keeps_its_checkpoint(tmp_path, fake_
     assert result.status == "failed" and "robustness measures: RuntimeError: the attack ran out of words" in result.error
     assert (directory / "best" / "model.safetensors").is_file() and not (directory / "done.json").exists()
     assert finished_results(settings) == []
+    # The next invocation measures the kept checkpoint without training the run again (as after a grid
+    # killed while measuring), and the done marker then replaces the trained one.
+    robustness.fail = False
+    said = []
+    again = run_one(settings, GRID["smart"], 1, None, None, said.append, "t")
+    assert again.status == "done" and again.robustness == measures("smart", 1) and len(calls(fake_classifier)) == 1
+    assert any("trained by an earlier invocation" in line for line in said)
+    assert (directory / "done.json").exists() and not (directory / "trained.json").exists()
+
+
+def test_a_trained_marker_of_another_budget_or_without_its_checkpoint_trains_again(tmp_path, fake_classifier,
+                                                                                     robustness):
+    robustness.fail = True
+    settings = grid_of(tmp_path, fake_classifier).at(0.5)
+    run_one(settings, GRID["smart"], 1, None, None, quiet, "t")
+    robustness.fail = False
+    longer = dataclasses.replace(settings, epochs=settings.epochs + 1)
+    assert run_one(longer, GRID["smart"], 1, None, None, quiet, "t").status == "done"
+    assert len(calls(fake_classifier)) == 2
+    run_one(settings, GRID["r3f"], 1, None, None, quiet, "t")  # trained and measured: no marker is left
+    robustness.fail = True
+    run_one(settings, GRID["baseline"], 1, None, None, quiet, "t")
+    shutil.rmtree(run_dir(settings, "baseline", 1) / "best")
+    robustness.fail = False
+    assert run_one(settings, GRID["baseline"], 1, None, None, quiet, "t").status == "done"
+    assert len(calls(fake_classifier)) == 5
 
 
 def test_a_grid_with_robustness_stops_before_training_when_the_measures_cannot_be_imported(
@@ -377,10 +403,18 @@ def test_the_pilot_runs_baseline_alone_and_reads_each_fraction_s_budget(tmp_path
     first_two = " | ".join(f"{dev_mean('baseline', 11711, 0.5, e):.4f}" for e in (1, 2))
     assert f"| 0.5 | 1 | {first_two} |" in table and "| 10 | 7 | 50 | 5.8 min |" in table
     assert (tmp_path / "ablations_by_size_pilot.png").read_bytes().startswith(b"\x89PNG")
-    # The grid's report says what the pilot beside it gave; without a pilot, that its epochs were set by hand.
+    # The grid's report says the budget it used, what the pilot beside it gave, and where the two differ;
+    # without a pilot, that its epochs were set by hand.
     grid = grid_of(tmp_path, fake_classifier)
-    assert "gave `--epochs_by_fraction 0.25:4,0.5:7`" in by_size.markdown(grid, {}, {}, None)
-    assert "set by hand" in by_size.markdown(grid_of(tmp_path / "elsewhere", fake_classifier), {}, {}, None)
+    assert "epochs per fraction: `--epochs_by_fraction 0.25:2,0.5:3`; the pilot's rule" in by_size.markdown(
+        grid, {}, {}, None)
+    assert "gave `0.25:4,0.5:7`; set by hand at 0.25, 0.5" in by_size.markdown(grid, {}, {}, None)
+    pilot_budget = size_grid(grid.base, "0.5,0.25", "0.25:3", "0.25:4,0.5:7")
+    assert "gave `0.25:4,0.5:7`\n" in by_size.markdown(pilot_budget, {}, {}, None)
+    assert "set by hand at 0.5\n" in by_size.markdown(size_grid(grid.base, "0.5,0.25", None, "0.25:4,0.5:8"),
+                                                          {}, {}, None)
+    assert "0.25:2,0.5:3`, set by hand (no pilot report" in by_size.markdown(
+        grid_of(tmp_path / "elsewhere", fake_classifier), {}, {}, None)
 
 
 def test_the_plateau_rule_on_hand_made_curves():

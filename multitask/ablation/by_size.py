@@ -168,14 +168,19 @@ def robustness_tables(summary: dict[str, list[dict]]) -> list[str]:
 
 
 def pilot_line(grid: SizeGrid) -> str:
-    """Where the epochs per fraction came from: the pilot's report beside the grid says what its rule gave."""
+    """The epochs each fraction trained for, and where they depart from what the pilot beside the grid gave."""
+    used = {fraction_label(f): grid.at(f).epochs for f in grid.fractions}
+    flag = f"`--epochs_by_fraction {','.join(f'{label}:{epochs}' for label, epochs in used.items())}`"
     path = report_paths(pilot_dir(grid.base.out_dir))["json"]
     try:
-        suggested = json.loads(path.read_text(encoding="utf-8"))["epochs_by_fraction"]
+        document = json.loads(path.read_text(encoding="utf-8"))
+        suggested, pilot = document["epochs_by_fraction"], document["pilot"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        return f"- epochs per fraction: set by hand (no pilot report at `{path}`)"
-    return (f"- epochs per fraction: the pilot's rule (`{path}`: {BASELINE} alone, the first epoch within "
-            f"{PLATEAU_POINTS} points of its best dev mean) gave `--epochs_by_fraction {suggested}`")
+        return f"- epochs per fraction: {flag}, set by hand (no pilot report at `{path}`)"
+    line = (f"- epochs per fraction: {flag}; the pilot's rule (`{path}`: {BASELINE} alone, the first epoch within "
+            f"{PLATEAU_POINTS} points of its best dev mean) gave `{suggested}`")
+    by_hand = [label for label, epochs in used.items() if (pilot.get(label) or {}).get("plateau_epoch") != epochs]
+    return line + (f"; set by hand at {', '.join(by_hand)}" if by_hand else "")
 
 
 def markdown(grid: SizeGrid, results: Results, summary: dict[str, list[dict]], full: FullData | None) -> str:

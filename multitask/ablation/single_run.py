@@ -19,6 +19,9 @@ from multitask.tasks import PREDICTED_SPLITS, TASKS
 
 CLASSIFIER = REPO / "multitask_classifier.py"
 DONE = "done.json"
+# Written when training finished and only the measures remain: a grid killed while measuring resumes
+# with the measures instead of training the run again (the classifier has removed its resume state).
+TRAINED = "trained.json"
 # How the runner calls measure_checkpoint: fp32 whatever the run trained in, so that runs of one
 # seed measured on machines where --precision auto differs still pair up. The first 500 examples of
 # each dev set (the attack on all of them), the smoothness ascent on the first 200: on the whole dev
@@ -284,6 +287,44 @@ def measure_robustness(settings: GridSettings, command: list[str], directory: Pa
     return {key: float(value) for key, value in measures.items()}
 
 
+def trained_marker(directory: Path, signature: dict, epochs: int) -> dict | None:
+    """The marker of a run whose training finished with this signature and whose checkpoint is still there
+    to measure, or None if it must train."""
+    try:
+        trained = json.loads((directory / TRAINED).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if trained.get("signature") != signature or not (directory / "best").is_dir() \
+            or not complete(read_metrics(directory / "metrics.jsonl"), epochs):
+        return None
+    return trained
+
+
+def train(settings: GridSettings, command: list[str], directory: Path, signature: dict,
+          say: Callable[[str], None], tag: str) -> tuple[float, str | None]:
+    """Run the classifier (log in `train.log`), or find that an earlier invocation trained this run: its wall
+    time, and why it failed (None: it did not)."""
+    trained = trained_marker(directory, signature, settings.epochs)
+    if trained is not None:
+        say(f"{tag}: trained by an earlier invocation in {trained['wall_seconds']:.0f} s; not trained again")
+        return trained["wall_seconds"], None
+    (directory / TRAINED).unlink(missing_ok=True)
+    log_path = directory / "train.log"
+    say(f"{tag}: running, log in {log_path}")
+    started = time.perf_counter()
+    returncode = run_logged(command, log_path, say, tag)
+    wall = time.perf_counter() - started
+    records = read_metrics(directory / "metrics.jsonl")
+    if returncode == 0 and complete(records, settings.epochs):
+        atomic_write_text(directory / TRAINED, json.dumps({"signature": signature, "wall_seconds": round(wall, 1)}))
+        return wall, None
+    if returncode != 0:
+        reason = last_error_line(log_path) or f"exit code {returncode}"
+    else:
+        reason = f"metrics.jsonl has {len(records)} of {settings.epochs} epochs"
+    return wall, reason
+
+
 def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: Path | None,
             mlm_signature: dict | None, say: Callable[[str], None], tag: str) -> RunResult:
     directory = run_dir(settings, config.name, seed)
@@ -297,19 +338,12 @@ def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: P
     # A marker from another budget must not survive a run that then fails.
     (directory / DONE).unlink(missing_ok=True)
     command = build_command(settings, config, seed, mlm_dir)
-    log_path = directory / "train.log"
-    say(f"{tag}: running, log in {log_path}")
-    started = time.perf_counter()
-    returncode = run_logged(command, log_path, say, tag)
-    wall = time.perf_counter() - started
-    records = read_metrics(directory / "metrics.jsonl")
-    if returncode != 0 or not complete(records, settings.epochs):
-        reason = last_error_line(log_path) or f"exit code {returncode}"
-        if returncode == 0:
-            reason = f"metrics.jsonl has {len(records)} of {settings.epochs} epochs"
-        say(f"{tag}: FAILED after {wall:.0f} s: {reason} (see {log_path})")
+    wall, failure = train(settings, command, directory, signature, say, tag)
+    if failure is not None:
+        log_path = directory / "train.log"
+        say(f"{tag}: FAILED after {wall:.0f} s: {failure} (see {log_path})")
         return RunResult(config.name, seed, "failed", str(directory), wall_seconds=round(wall, 1),
-                         error=f"{reason} (log: {log_path})")
+                         error=f"{failure} (log: {log_path})")
     robustness = {}
     if settings.robustness:
         # Before the checkpoint is removed below: it is the only copy of the trained weights.
@@ -330,6 +364,8 @@ def run_one(settings: GridSettings, config: Configuration, seed: int, mlm_dir: P
     if settings.robustness:
         done["robustness"] = robustness
     atomic_write_text(directory / DONE, json.dumps(done, indent=2))
-    result = result_from_metrics(config.name, seed, directory, records, done, reused=False)
+    (directory / TRAINED).unlink(missing_ok=True)  # the done marker says it all now
+    result = result_from_metrics(config.name, seed, directory, read_metrics(directory / "metrics.jsonl"), done,
+                                 reused=False)
     say(f"{tag}: done in {wall:.0f} s, dev mean {result.dev_mean:.3f}")
     return result
