@@ -316,6 +316,15 @@ def test_the_grid_runs_every_fraction_measures_each_checkpoint_and_reports(tmp_p
     assert f"| 0.25 | smart | 3 | {100 * expected.mean:+.1f} [" in rebuilt and "| typo5_sst |" in rebuilt
 
 
+def test_a_report_written_midway_has_no_robustness_table_for_a_fraction_not_reached(tmp_path, fake_classifier,
+                                                                                  robustness):
+    grid = grid_of(tmp_path, fake_classifier)
+    settings = grid.at(0.25)
+    reached = [run_one(settings, GRID[name], 11711, None, None, quiet, "t") for name in ("baseline", "smart")]
+    table = by_size.write_reports(grid, {0.25: reached, 0.5: []})["md"].read_text()
+    assert "Fraction 0.25:" in table and "Fraction 0.5:" not in table
+
+
 def test_a_report_written_while_a_run_is_redone_keeps_the_runs_after_it(tmp_path, fake_classifier, robustness):
     grid = grid_of(tmp_path, fake_classifier)
     run_by_size(grid, quiet, lambda results: None)

@@ -148,7 +148,7 @@ def robustness_tables(summary: dict[str, list[dict]]) -> list[str]:
     for label, rows in summary.items():
         measures = list(next((row["robustness"] for row in rows), {}))
         others = [row for row in rows if "robustness_vs_baseline" in row]
-        if not measures:
+        if not measures or not any(row["runs"] for row in rows):  # a fraction the grid has not reached
             continue
         base = next((row for row in rows if row["config"] == BASELINE), None)
         lines += ["", f"Fraction {label}:", "",
