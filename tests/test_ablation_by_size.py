@@ -261,7 +261,7 @@ def test_the_grid_runs_every_fraction_measures_each_checkpoint_and_reports(tmp_p
     first = robustness.calls[0]
     assert first["checkpoint"] == grid.base.out_dir / "frac0.25" / "baseline" / "seed11711" / "best"
     assert (first["seed"], first["device"], first["precision"], first["dev_limit"], first["attack_limit"],
-            first["smooth_limit"]) == (11711, "cpu", "fp32", 30, 500, 200)
+            first["smooth_limit"]) == (11711, "cpu", "fp32", 30, 30, 30)
     assert first["dev_files"] == {task: REPO / "data" / name for task, name in
                                   (("sst", "ids-sst-dev.csv"), ("para", "quora-dev.csv"), ("sts", "sts-dev.csv"))}
     for run in results[0.25] + results[0.5]:
@@ -322,6 +322,12 @@ def test_a_report_written_midway_has_no_robustness_table_for_a_fraction_not_reac
     settings = grid.at(0.25)
     reached = [run_one(settings, GRID[name], 11711, None, None, quiet, "t") for name in ("baseline", "smart")]
     table = by_size.write_reports(grid, {0.25: reached, 0.5: []})["md"].read_text()
+    assert "Fraction 0.25:" in table and "Fraction 0.5:" not in table
+    assert "on 500 examples of each dev set (the smoothness ascent on 200 of them)" in table
+    # Nor for runs without measures (as the full-data grid's, read with --full_data).
+    unmeasured = dataclasses.replace(grid.at(0.5), robustness=False)
+    plain = [run_one(unmeasured, GRID[name], 1, None, None, quiet, "t") for name in ("baseline", "smart")]
+    table = by_size.write_reports(grid, {0.25: reached, 0.5: plain})["md"].read_text()
     assert "Fraction 0.25:" in table and "Fraction 0.5:" not in table
 
 

@@ -14,6 +14,7 @@ from minbert import BertConfig, BertModel, BertTokenizer
 from multitask.checkpoint import save_checkpoint
 from multitask.model import MultitaskBert
 from multitask.robustness import measure_checkpoint, measure_model, measure_names
+from multitask.robustness.measure import measured_order
 from multitask.robustness.calibration import classifier_ece
 from multitask.robustness.noise import perturb_examples
 from multitask.robustness.report import format_table
@@ -95,6 +96,7 @@ def checkpoint(model, tiny_dir, tmp_path_factory) -> Path:
 def test_keys_are_exactly_the_promised_ones(measures):
     expected = {f"smooth_{t}_eps{e}" for t in ("sst", "para", "sts") for e in ("1e-3", "1e-2", "1e-1")}
     expected |= {f"{k}{r}_{t}" for k in ("typo", "delete") for r in (5, 10) for t in ("sst", "para", "sts")}
+    expected |= {f"clean_{t}" for t in ("sst", "para", "sts")}
     expected |= {f"{m}_{t}" for m in ("attack_acc", "attack_success", "attack_examples", "ece") for t in ("sst", "para")}
     assert set(measures) == expected
     assert list(measures) == [name for t in ("sst", "para", "sts") for name in measure_names(t)]
@@ -112,11 +114,31 @@ def test_smoothness_grows_with_the_radius(measures):
 def test_text_measures_are_the_metric_on_the_seeded_noisy_text(model, tokenizer, dev_examples, measures):
     scorer = ModelScorer(model, tokenizer, MAX_LENGTH, torch.device("cpu"))
     for task in ("sst", "sts"):
+        examples = measured_order(task, dev_examples[task])
+        assert measures[f"clean_{task}"] == metric(scorer, task, examples)
         for kind, rate in (("typo", 10), ("delete", 5)):
-            noisy = perturb_examples(task, dev_examples[task], rate / 100, kind, seed=3)
+            noisy = perturb_examples(task, examples, rate / 100, kind, seed=3)
             assert measures[f"{kind}{rate}_{task}"] == metric(scorer, task, noisy)
-    outputs = scorer.outputs("para", dev_examples["para"])
-    assert measures["ece_para"] == classifier_ece("binary", outputs, labels_of("para", dev_examples["para"]))
+    para = measured_order("para", dev_examples["para"])
+    assert measures["ece_para"] == classifier_ece("binary", scorer.outputs("para", para), labels_of("para", para))
+
+
+def test_the_measured_examples_are_a_sample_fixed_by_id_not_the_file_s_first_rows(model, tokenizer, dev_examples):
+    sst = dev_examples["sst"]
+    order = measured_order("sst", sst)
+    assert sorted(e.id for e in order) == sorted(e.id for e in sst) and order != sst
+    assert measured_order("sst", sst[::-1]) == order  # the file's row order does not matter
+    # The measures on dev_limit=3 are those of the order's first three rows, wherever the file has them.
+    limited = measure_model(model, tokenizer, {"sst": sst[::-1]}, max_length=MAX_LENGTH, dev_limit=3)
+    assert limited == measure_model(model, tokenizer, {"sst": order[:3]}, max_length=MAX_LENGTH)
+    assert limited != measure_model(model, tokenizer, {"sst": sst[:3]}, max_length=MAX_LENGTH)
+    # On the real dev file, a 500-row sample keeps every class's share within 3 points of the whole
+    # file's; the first 500 rows hold 1% of label 0 against 13% in the file.
+    whole = TASKS["sst"].read(DATA / "ids-sst-dev.csv").examples
+    def share(examples, label):
+        return sum(e.label == label for e in examples) / len(examples)
+    assert all(abs(share(measured_order("sst", whole)[:500], c) - share(whole, c)) < 0.03 for c in range(5))
+    assert share(whole[:500], 0) < 0.02
 
 
 def test_the_ascent_finds_more_than_its_starting_noise(model, tokenizer, dev_examples):
@@ -151,7 +173,7 @@ def test_limits_and_task_checks(model, tokenizer, dev_examples):
     small = measure_model(model, tokenizer, {"para": dev_examples["para"]}, max_length=MAX_LENGTH, dev_limit=3,
                           attack_limit=None)
     assert small["attack_examples_para"] == 3 and not any(k.endswith("_sst") for k in small)
-    # smooth_limit: the smoothness of the first N examples; every other measure on all of them.
+    # smooth_limit: the smoothness of N examples (those dev_limit=N takes); every other measure on all.
     para = {"para": dev_examples["para"]}
     part = measure_model(model, tokenizer, para, max_length=MAX_LENGTH, attack_limit=None, smooth_limit=2)
     first_two = measure_model(model, tokenizer, para, max_length=MAX_LENGTH, attack_limit=None, dev_limit=2)

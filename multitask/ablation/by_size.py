@@ -13,7 +13,7 @@ from multitask.ablation.grid import BASELINE, GRID, GridError, fraction_label, r
 from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, format_difference, format_stat,
                                            closing_lines, machine_lines, mean_std, metric_columns, paired_difference,
                                            per_seed, save_figure)
-from multitask.ablation.single_run import RunResult
+from multitask.ablation.single_run import RunResult, robustness_limits
 from multitask.ablation.sizes import PLATEAU_POINTS, Results, SizeGrid, epochs_flag, pilot_dir, pilot_summary
 
 # What measure_checkpoint returns besides measures: how many examples the attack ran on.
@@ -143,12 +143,13 @@ def score_tables(summary: dict[str, list[dict]], metrics: list[tuple[str, str]])
     return lines
 
 
-def robustness_tables(summary: dict[str, list[dict]]) -> list[str]:
+def robustness_tables(summary: dict[str, list[dict]], dev_limit: int | None) -> list[str]:
     lines = []
     for label, rows in summary.items():
         measures = list(next((row["robustness"] for row in rows), {}))
         others = [row for row in rows if "robustness_vs_baseline" in row]
-        if not measures or not any(row["runs"] for row in rows):  # a fraction the grid has not reached
+        # A fraction the grid has not reached, or one read from a report without measures.
+        if not any(stat.n for row in rows for stat in row["robustness"].values()):
             continue
         base = next((row for row in rows if row["config"] == BASELINE), None)
         lines += ["", f"Fraction {label}:", "",
@@ -160,11 +161,15 @@ def robustness_tables(summary: dict[str, list[dict]]) -> list[str]:
             lines.append(f"| {m} | {value} | " + " | ".join(cells) + " |")
     if not lines:
         return []
+    limits = robustness_limits(dev_limit)
     return ["", "## Robustness", "",
             "`multitask.robustness.measure_checkpoint` on each run's kept checkpoint (fp32, the run's seed: the same "
-            f"perturbations for every row at a seed). `{BASELINE}`: mean ± std over seeds; the other columns: the "
-            f"paired difference from it with a {CONFIDENCE:.0%} t-interval. Shares (accuracies, attack success, "
-            "calibration error) in points (×100); smoothness divergences (`smooth_*`) as they are.", *lines]
+            f"perturbations for every row at a seed), on {limits['dev_limit']} examples of each dev set (the "
+            f"smoothness ascent on {limits['smooth_limit']} of them): a sample fixed by id, the same for every "
+            f"run. `clean_*` is the dev metric on those examples unperturbed. `{BASELINE}`: mean ± std over seeds, "
+            "as measured; the other columns: the paired difference from it with a "
+            f"{CONFIDENCE:.0%} t-interval, in points (×100) for the accuracies, STS r, attack success and "
+            "calibration error, as they are for the smoothness divergences (`smooth_*`).", *lines]
 
 
 def pilot_line(grid: SizeGrid) -> str:
@@ -205,7 +210,7 @@ def markdown(grid: SizeGrid, results: Results, summary: dict[str, list[dict]], f
                      "not rerun; its differences pair its own seeds")
     # Where this grid's runs trained (the full-data runs' machines are in their own report).
     lines += [*machine_lines([r for rs in results.values() for r in rs]), "", *score_tables(summary, metrics),
-              *robustness_tables(summary)]
+              *robustness_tables(summary, b.dev_limit)]
     failed = [r for rs in results.values() for r in rs if r.status == "failed"]
     lines += closing_lines([f"{r.config}, seed {r.seed}, {r.run_dir}: {r.error}" for r in failed])
     return "\n".join(lines) + "\n"

@@ -23,10 +23,13 @@ DONE = "done.json"
 # with the measures instead of training the run again (the classifier has removed its resume state).
 TRAINED = "trained.json"
 # How the runner calls measure_checkpoint: fp32 whatever the run trained in, so that runs of one
-# seed measured on machines where --precision auto differs still pair up. The first 500 examples of
-# each dev set (the attack on all of them), the smoothness ascent on the first 200: on the whole dev
+# seed measured on machines where --precision auto differs still pair up. 500 examples of each dev
+# set (the attack on all of them), the smoothness ascent on 200 of them: on the whole dev
 # sets the measures would cost more than training the low-resource grid (results/README.md).
-ROBUSTNESS = {"precision": "fp32", "dev_limit": 500, "attack_limit": 500, "smooth_limit": 200}
+# "examples" names how they are chosen (measure.measured_order), for the run signature: measures
+# taken on the files' first rows, as before, are not reused.
+ROBUSTNESS = {"precision": "fp32", "dev_limit": 500, "attack_limit": 500, "smooth_limit": 200,
+              "examples": "a sample fixed by the hash of task and id"}
 
 
 @dataclass
@@ -274,16 +277,19 @@ def check_robustness_module() -> None:
                         "checkout that has it, or drop --robustness") from None
 
 
+def robustness_limits(dev_limit: int | None) -> dict[str, int]:
+    """ROBUSTNESS's example counts per task, under the grid's own --dev_limit where that is smaller."""
+    return {key: ROBUSTNESS[key] if dev_limit is None else min(ROBUSTNESS[key], dev_limit)
+            for key in ("dev_limit", "attack_limit", "smooth_limit")}
+
+
 def measure_robustness(settings: GridSettings, command: list[str], directory: Path, seed: int) -> dict[str, float]:
     """multitask.robustness.measure_checkpoint on a finished run's best checkpoint, with the run's seed
-    (the same perturbations for every configuration at that seed), on ROBUSTNESS's share of the dev
-    sets or the grid's smaller dev limit."""
+    (the same perturbations for every configuration at that seed), on robustness_limits' examples."""
     from multitask.robustness import measure_checkpoint  # imported only when asked for
 
-    limit = ROBUSTNESS["dev_limit"] if settings.dev_limit is None else min(settings.dev_limit, ROBUSTNESS["dev_limit"])
     measures = measure_checkpoint(directory / "best", dev_files(command), seed=seed, device="cpu",
-                                  precision=ROBUSTNESS["precision"], dev_limit=limit,
-                                  attack_limit=ROBUSTNESS["attack_limit"], smooth_limit=ROBUSTNESS["smooth_limit"])
+                                  precision=ROBUSTNESS["precision"], **robustness_limits(settings.dev_limit))
     return {key: float(value) for key, value in measures.items()}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def eps_name(eps: float) -> str:
 def measure_names(task: str) -> list[str]:
     """The keys `measure_model` returns for a task, in the order it fills them."""
     names = [f"smooth_{task}_eps{eps_name(e)}" for e in EPS_GRID]
-    names += [f"{kind}{p}_{task}" for kind in NOISE_KINDS for p in NOISE_PERCENTS]
+    names += [f"clean_{task}"] + [f"{kind}{p}_{task}" for kind in NOISE_KINDS for p in NOISE_PERCENTS]
     if task in CLASSIFIED_TASKS:
         names += [f"attack_acc_{task}", f"attack_success_{task}", f"attack_examples_{task}", f"ece_{task}"]
     return names
@@ -49,9 +50,11 @@ def measure_model(model: MultitaskBert, tokenizer: BertTokenizer, dev_examples: 
                   progress: Callable[[str], None] | None = None) -> dict[str, float]:
     """Flat measure name → value for each task of `dev_examples` (among sst, para, sts), in eval mode.
 
-    `dev_limit`: the first N examples of each dev set for every measure; `attack_limit`: the first N
-    of those for the word attack (None: all); `smooth_limit`: the first N of them for the smoothness
-    ascent (None: all), the most expensive part. `progress` receives a line as each part starts.
+    `dev_limit`: N examples of each dev set for every measure; `attack_limit`: N of those for the word
+    attack (None: all); `smooth_limit`: N of them for the smoothness ascent (None: all), the most
+    expensive part. Each is a prefix of `measured_order`: a uniform sample, the same for every model.
+    `clean_<task>` is the dev metric on the unperturbed examples the noise measures perturb.
+    `progress` receives a line as each part starts.
     """
     tasks = _check_tasks(model, dev_examples)
     if precision not in RESOLVED_PRECISIONS:
@@ -62,7 +65,7 @@ def measure_model(model: MultitaskBert, tokenizer: BertTokenizer, dev_examples: 
     scorer = ModelScorer(model, tokenizer, max_length, device, precision, batch_size)
     results: dict[str, float] = {}
     for task in tasks:
-        examples = list(dev_examples[task])[:dev_limit]
+        examples = measured_order(task, dev_examples[task])[:dev_limit]
         if not examples:
             raise ValueError(f"{task}: no dev examples to measure")
         smoothed = examples[:smooth_limit]
@@ -71,6 +74,7 @@ def measure_model(model: MultitaskBert, tokenizer: BertTokenizer, dev_examples: 
             report(f"{task}: smoothness at ε = {eps:g} ({len(smoothed)} examples, {attack.steps} ascent steps)")
             results[f"smooth_{task}_eps{eps_name(eps)}"] = smoothness(model, dataset, eps, attack, device, precision,
                                                                       batch_size, seed)
+        results[f"clean_{task}"] = metric(scorer, task, examples)
         for kind in NOISE_KINDS:
             for percent in NOISE_PERCENTS:
                 report(f"{task}: dev metric with {kind} noise on {percent}% of words")
@@ -86,6 +90,15 @@ def measure_model(model: MultitaskBert, tokenizer: BertTokenizer, dev_examples: 
             results[f"ece_{task}"] = classifier_ece(TASKS[task].kind, scorer.outputs(task, examples),
                                                     labels_of(task, examples))
     return results
+
+
+def measured_order(task: str, examples: Sequence[Example]) -> list[Example]:
+    """The dev examples in a fixed pseudo-random order (by a hash of task and id): every prefix is a uniform
+    sample, the same for every model, seed and machine, and unmoved by the file's row order. The file's
+    first rows are no sample: SST's dev file runs from mostly positive reviews to mostly negative ones."""
+    def key(example: Example) -> str:
+        return hashlib.sha256(f"{task}:{example.id}".encode()).hexdigest()
+    return sorted(examples, key=key)
 
 
 def _check_tasks(model: MultitaskBert, dev_examples: Mapping[str, Sequence[Example]]) -> list[str]:

@@ -11,6 +11,7 @@ from multitask.robustness.smoothness import EPS_GRID
 # (column heading, measure name with {task} for the task, format)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     *((f"ℓ_s ε={eps_name(e)}", f"smooth_{{task}}_eps{eps_name(e)}", ".2e") for e in EPS_GRID),
+    ("clean", "clean_{task}", ".4f"),
     *((f"{kind} {p}%", f"{kind}{p}_{{task}}", ".4f") for kind in NOISE_KINDS for p in NOISE_PERCENTS),
     ("attack acc", "attack_acc_{task}", ".4f"),
     ("attack success", "attack_success_{task}", ".4f"),
@@ -42,7 +43,8 @@ def legend(tasks: list[str]) -> str:
     """What the columns mean, printed under the table."""
     attacked = [t for t in tasks if t in CLASSIFIED_TASKS]
     text = ("ℓ_s: mean SMART divergence under a 5-step ℓ∞ attack on the input embeddings (lower: smoother); "
-            "typo/delete p%: the dev metric (accuracy, STS Pearson r) with p% of words misspelt or deleted")
+            "clean: the dev metric (accuracy, STS Pearson r) on the measured examples; typo/delete p%: the same "
+            "with p% of words misspelt or deleted")
     if attacked:
         text += ("; attack: accuracy after ≤ 2 typos on the words the model leans on most, and the share "
                  "of right answers flipped; ECE: expected calibration error, 15 bins")
