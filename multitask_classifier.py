@@ -25,7 +25,7 @@ from minbert.plumbing.machine import DeviceError, allow_tf32, precision_choice, 
 from minbert.plumbing.progress import is_main_process
 from multitask.batching import EncodedTask, encode_task
 from multitask.checkpoint import load_checkpoint, save_checkpoint
-from multitask.data import DataError, Example, training_subset
+from multitask.data import DataError, Example, limited, training_subset
 from multitask.distributed import (DistEnv, DistributedError, dump_final_state, global_batch_size, load_agreed_state,
                                    make_trainer, reseed_ranks_after_resume, start, stop)
 from multitask.mask_check import check_dropout_replay, shares_dropout_masks
@@ -183,7 +183,7 @@ def encoded_datasets(settings: Settings, model_settings: ModelSettings,
     for task in settings.run.tasks:
         spec = TASKS[task]
         examples = training_examples(settings, task)
-        dev = spec.read(settings.data_file(task, "dev")).examples[: settings.run.dev_limit]
+        dev = limited(task, spec.read(settings.data_file(task, "dev")).examples, settings.run.dev_limit)
         encoding = (tokenizer, spec, model_settings.pair_encoding, model_settings.max_length)
         train_sets[task], dev_sets[task] = encode_task(examples, *encoding), encode_task(dev, *encoding)
     log.info("data: %s", ", ".join(f"{t} train {len(train_sets[t])} dev {len(dev_sets[t])}"
@@ -248,7 +248,7 @@ def training_examples(settings: Settings, task: str) -> list[Example]:
     examples = TASKS[task].read(settings.data_file(task, "train")).examples
     if settings.run.train_fraction is not None:
         examples = training_subset(examples, settings.run.train_fraction, settings.train.seed, task)
-    return examples[: settings.run.train_limit]
+    return limited(task, examples, settings.run.train_limit)
 
 
 def resolved_train_settings(settings: Settings, device: torch.device, world_size: int) -> TrainSettings:

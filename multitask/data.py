@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol, TypeVar
+from typing import Any, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -142,6 +143,23 @@ def training_subset(rows: list[Row], fraction: float, seed: int, task: str) -> l
     rng = np.random.default_rng([seed, zlib.crc32(task.encode("utf-8"))])
     chosen = np.sort(rng.choice(len(rows), size=count, replace=False))
     return [rows[i] for i in chosen]
+
+
+def hashed_order(task: str, examples: Sequence[Example]) -> list[Example]:
+    """The examples in a fixed pseudo-random order (by a hash of task and id): every prefix is a uniform
+    sample, the same for every model, seed and machine, and unmoved by the file's row order. A file's first
+    rows are no sample: SST's train and dev files run from mostly positive reviews to mostly negative ones."""
+    def key(example: Example) -> str:
+        return hashlib.sha256(f"{task}:{example.id}".encode()).hexdigest()
+    return sorted(examples, key=key)
+
+
+def limited(task: str, examples: list[Example], limit: int | None) -> list[Example]:
+    """At most `limit` of the examples (all of them for None): the first of `hashed_order`, in file order."""
+    if limit is None or limit >= len(examples):
+        return examples
+    kept = {id(example) for example in hashed_order(task, examples)[:limit]}
+    return [example for example in examples if id(example) in kept]
 
 
 def read_task_file(path: str | Path, task: FileFormat, labelled: bool = True) -> ReadResult:

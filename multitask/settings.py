@@ -27,18 +27,19 @@ class RunSettings:
                                   f"comma-separated tasks to train, from {','.join(TASKS)} (cfimdb: the course's "
                                   "binary movie-review sentiment, an optional fourth task)",
                                   convert=parse_task_names)
-    train_limit: int | None = flag(None, "at most N training examples per task", type=positive_int)
+    train_limit: int | None = flag(None, "at most N training examples per task: a sample fixed by the task and "
+                                           "each row's id, not the file's first rows", type=positive_int)
     # The low-resource curve of the ablation runner: every configuration at a seed must train on the
     # same rows, so the subset depends on the seed and the task only.
     train_fraction: float | None = flag(None, "train on a random fraction F in (0, 1] of each task's training file: "
                                               "round(F·N) rows (at least 1) in file order, fixed by --seed and the "
                                               "task, the same for every configuration; dev sets stay whole; "
-                                              "--train_limit then keeps the first N of them",
+                                              "--train_limit then samples N of them",
                                         type=number(0.0, 1.0, low_open=True))
     # For quick checks and ablation smoke runs, where scoring the full dev sets would take longer
     # than the training itself.
-    dev_limit: int | None = flag(None, "score each epoch on at most N dev examples per task (prediction files stay "
-                                       "complete)", type=positive_int)
+    dev_limit: int | None = flag(None, "score each epoch on at most N dev examples per task, a sample fixed by the "
+                                       "task and each row's id (prediction files stay complete)", type=positive_int)
     device: str = flag("auto", "auto: CUDA when present", choices=("auto", "cpu", "cuda"))
     use_gpu: bool = flag(False, "train on CUDA (same as --device cuda)")
     average_weights: bool = flag(True, "score and keep the trained weights themselves, not their moving average",

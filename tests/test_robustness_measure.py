@@ -12,9 +12,9 @@ import torch
 
 from minbert import BertConfig, BertModel, BertTokenizer
 from multitask.checkpoint import save_checkpoint
+from multitask.data import hashed_order
 from multitask.model import MultitaskBert
 from multitask.robustness import measure_checkpoint, measure_model, measure_names
-from multitask.robustness.measure import measured_order
 from multitask.robustness.calibration import classifier_ece
 from multitask.robustness.noise import perturb_examples
 from multitask.robustness.report import format_table
@@ -114,20 +114,20 @@ def test_smoothness_grows_with_the_radius(measures):
 def test_text_measures_are_the_metric_on_the_seeded_noisy_text(model, tokenizer, dev_examples, measures):
     scorer = ModelScorer(model, tokenizer, MAX_LENGTH, torch.device("cpu"))
     for task in ("sst", "sts"):
-        examples = measured_order(task, dev_examples[task])
+        examples = hashed_order(task, dev_examples[task])
         assert measures[f"clean_{task}"] == metric(scorer, task, examples)
         for kind, rate in (("typo", 10), ("delete", 5)):
             noisy = perturb_examples(task, examples, rate / 100, kind, seed=3)
             assert measures[f"{kind}{rate}_{task}"] == metric(scorer, task, noisy)
-    para = measured_order("para", dev_examples["para"])
+    para = hashed_order("para", dev_examples["para"])
     assert measures["ece_para"] == classifier_ece("binary", scorer.outputs("para", para), labels_of("para", para))
 
 
 def test_the_measured_examples_are_a_sample_fixed_by_id_not_the_file_s_first_rows(model, tokenizer, dev_examples):
     sst = dev_examples["sst"]
-    order = measured_order("sst", sst)
+    order = hashed_order("sst", sst)
     assert sorted(e.id for e in order) == sorted(e.id for e in sst) and order != sst
-    assert measured_order("sst", sst[::-1]) == order  # the file's row order does not matter
+    assert hashed_order("sst", sst[::-1]) == order  # the file's row order does not matter
     # The measures on dev_limit=3 are those of the order's first three rows, wherever the file has them.
     limited = measure_model(model, tokenizer, {"sst": sst[::-1]}, max_length=MAX_LENGTH, dev_limit=3)
     assert limited == measure_model(model, tokenizer, {"sst": order[:3]}, max_length=MAX_LENGTH)
@@ -137,7 +137,7 @@ def test_the_measured_examples_are_a_sample_fixed_by_id_not_the_file_s_first_row
     whole = TASKS["sst"].read(DATA / "ids-sst-dev.csv").examples
     def share(examples, label):
         return sum(e.label == label for e in examples) / len(examples)
-    assert all(abs(share(measured_order("sst", whole)[:500], c) - share(whole, c)) < 0.03 for c in range(5))
+    assert all(abs(share(hashed_order("sst", whole)[:500], c) - share(whole, c)) < 0.03 for c in range(5))
     assert share(whole[:500], 0) < 0.02
 
 

@@ -1,4 +1,5 @@
-"""--train_fraction: a seeded subset of each training file, the same for every configuration at a seed."""
+"""Which rows a run uses: --train_fraction's seeded subset of each training file, the same for every
+configuration at a seed, and --train_limit / --dev_limit's sample fixed by id."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from multitask_classifier import main, training_examples
-from multitask.data import training_subset
+from multitask_classifier import encoded_datasets, main, training_examples
+from minbert import load_tokenizer
+from multitask.data import SentenceExample, hashed_order, limited, training_subset
 from multitask.settings import parse
+from multitask.tasks import TASKS
 from tests.test_pipeline import data_args, write_tiny_course_files
 
 ROWS = {"train": 40, "dev": 8, "test": 8}
@@ -60,12 +63,40 @@ def test_the_subset_is_shared_by_configurations_and_drawn_anew_per_seed(tiny_dat
     assert positions["sst"] != positions["para"] != positions["sts"]
 
 
-def test_the_limit_cuts_the_subset(tiny_data):
+def test_the_limit_samples_the_subset(tiny_data):
     subset = subsets(tiny_data, 7, 0.5, [])
-    limited = subsets(tiny_data, 7, 0.5, ["--train_limit", "3"])
-    assert {t: e[:3] for t, e in subset.items()} == limited
+    cut = subsets(tiny_data, 7, 0.5, ["--train_limit", "3"])
+    for task, rows in subset.items():
+        first = {e.id for e in hashed_order(task, rows)[:3]}
+        assert cut[task] == [e for e in rows if e.id in first]  # the sample, in file order
     whole = parse(["--option", "finetune", *data_args(tiny_data)])
     assert {t: len(training_examples(whole, t)) for t in whole.run.tasks} == {"sst": 40, "para": 40, "sts": 40}
+
+
+def sorted_by_label(count: int) -> list[SentenceExample]:
+    """A file like SST's: rows sorted by label, so that its first rows hold one class only."""
+    return [SentenceExample(f"row{i:04d}", "text", i * 5 // count) for i in range(count)]
+
+
+def test_a_limit_keeps_a_sample_not_the_first_rows():
+    rows = sorted_by_label(1000)
+    kept = limited("sst", rows, 200)
+    assert len(kept) == 200 and kept == [r for r in rows if r in kept]
+    assert all(abs(sum(r.label == c for r in kept) / 200 - 0.2) < 0.06 for c in range(5))
+    assert all(r.label == 0 for r in rows[:200])  # what a prefix would have kept
+    # The rows kept depend on their ids, not on where the file has them; and on the task.
+    assert {r.id for r in limited("sst", rows[::-1], 200)} == {r.id for r in kept}
+    assert {r.id for r in limited("para", rows, 200)} != {r.id for r in kept}
+    assert limited("sst", rows, None) == rows and limited("sst", rows, 1000) == rows
+
+
+def test_the_dev_limit_scores_the_sample_the_robustness_measures_take(tiny_data):
+    settings = parse(["--option", "finetune", "--dev_limit", "3", *data_args(tiny_data)])
+    _, dev_sets = encoded_datasets(settings, settings.model, load_tokenizer())
+    for task in settings.run.tasks:
+        rows = TASKS[task].read(settings.data_file(task, "dev")).examples
+        assert len(dev_sets[task]) == 3
+        assert set(dev_sets[task].ids) == {e.id for e in hashed_order(task, rows)[:3]}
 
 
 @pytest.fixture

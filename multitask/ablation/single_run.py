@@ -26,7 +26,7 @@ TRAINED = "trained.json"
 # seed measured on machines where --precision auto differs still pair up. 500 examples of each dev
 # set (the attack on all of them), the smoothness ascent on 200 of them: on the whole dev
 # sets the measures would cost more than training the low-resource grid (results/README.md).
-# "examples" names how they are chosen (measure.measured_order), for the run signature: measures
+# "examples" names how they are chosen (multitask.data.hashed_order), for the run signature: measures
 # taken on the files' first rows, as before, are not reused.
 ROBUSTNESS = {"precision": "fp32", "dev_limit": 500, "attack_limit": 500, "smooth_limit": 200,
               "examples": "a sample fixed by the hash of task and id"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from minbert.plumbing.machine import RESOLVED_PRECISIONS
 from minbert.tokenizer import BertTokenizer
 from multitask.batching import encode_task
 from multitask.checkpoint import RUN_FILE, load_checkpoint
-from multitask.data import Example
+from multitask.data import Example, hashed_order
 from multitask.model import MultitaskBert
 from multitask.robustness.attack import word_attack
 from multitask.robustness.calibration import classifier_ece
@@ -52,7 +51,7 @@ def measure_model(model: MultitaskBert, tokenizer: BertTokenizer, dev_examples: 
 
     `dev_limit`: N examples of each dev set for every measure; `attack_limit`: N of those for the word
     attack (None: all); `smooth_limit`: N of them for the smoothness ascent (None: all), the most
-    expensive part. Each is a prefix of `measured_order`: a uniform sample, the same for every model.
+    expensive part. Each is a prefix of `hashed_order`: a uniform sample, the same for every model.
     `clean_<task>` is the dev metric on the unperturbed examples the noise measures perturb.
     `progress` receives a line as each part starts.
     """
@@ -65,7 +64,7 @@ def measure_model(model: MultitaskBert, tokenizer: BertTokenizer, dev_examples: 
     scorer = ModelScorer(model, tokenizer, max_length, device, precision, batch_size)
     results: dict[str, float] = {}
     for task in tasks:
-        examples = measured_order(task, dev_examples[task])[:dev_limit]
+        examples = hashed_order(task, dev_examples[task])[:dev_limit]
         if not examples:
             raise ValueError(f"{task}: no dev examples to measure")
         smoothed = examples[:smooth_limit]
@@ -90,15 +89,6 @@ def measure_model(model: MultitaskBert, tokenizer: BertTokenizer, dev_examples: 
             results[f"ece_{task}"] = classifier_ece(TASKS[task].kind, scorer.outputs(task, examples),
                                                     labels_of(task, examples))
     return results
-
-
-def measured_order(task: str, examples: Sequence[Example]) -> list[Example]:
-    """The dev examples in a fixed pseudo-random order (by a hash of task and id): every prefix is a uniform
-    sample, the same for every model, seed and machine, and unmoved by the file's row order. The file's
-    first rows are no sample: SST's dev file runs from mostly positive reviews to mostly negative ones."""
-    def key(example: Example) -> str:
-        return hashlib.sha256(f"{task}:{example.id}".encode()).hexdigest()
-    return sorted(examples, key=key)
 
 
 def _check_tasks(model: MultitaskBert, dev_examples: Mapping[str, Sequence[Example]]) -> list[str]:
