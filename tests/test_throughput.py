@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from minbert import BertConfig
+from multitask import throughput
 from multitask.throughput import matmul_peak, training_flops_per_token
 from multitask.records import EpochRecord, format_epoch
 from tests.test_nonfinite_steps import trainer_with
@@ -24,6 +26,22 @@ def test_measuring_the_peak_does_not_move_the_random_stream():
     torch.manual_seed(0)
     assert matmul_peak(torch.device("cpu"), "fp32", seconds=0.01) > 0
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_peak_is_the_best_window_not_one_that_lost_a_core(monkeypatch):
+    # A window during which the system held one of two cores reads about half the rate.
+    rates, asked = iter([2e11, 4e11, 3.9e11]), []
+    def window(a, b, seconds):
+        asked.append(seconds)
+        return next(rates)
+    monkeypatch.setattr(throughput, "_matmul_rate", window)
+    assert matmul_peak(torch.device("cpu"), "fp32", seconds=0.6, windows=3) == 4e11
+    assert asked == pytest.approx([0.2, 0.2, 0.2])
+
+
+def test_a_window_times_real_products():
+    a = torch.ones(64, 32)
+    assert throughput._matmul_rate(a, torch.ones(32, 16), seconds=0.01) > 0
 
 
 def test_an_epoch_reports_its_real_tokens_and_share_of_the_peak(tmp_path):
