@@ -287,8 +287,8 @@ def test_the_grid_runs_every_fraction_measures_each_checkpoint_and_reports(tmp_p
     table = (grid.base.out_dir.parent / "ablations_by_size.md").read_text()
     assert "| 0.25 | 2 | 11711, 1, 2 | 9 of 9 |" in table and "| 0.5 | 3 | 11711, 1 | 6 of 6 |" in table
     assert f"| 0.25 | smart | 3 | {100 * expected.mean:+.1f} [" in table
-    assert "| typo5_sst | 0.401 ± 0.001 | +2.0 [+2.0, +2.0] | -2.0 [-2.0, -2.0] |" in table
-    assert "| smooth_sst_eps1e-2 | 0.002 ± 0 | +2e-05 [+2e-05, +2e-05] | -2e-05 [-2e-05, -2e-05] |" in table
+    assert "| typo5_sst | 0.401 ± 0.001 | +2.0 [no spread] | -2.0 [no spread] |" in table
+    assert "| smooth_sst_eps1e-2 | 0.002 ± 0 | +2e-05 [no spread] | -2e-05 [no spread] |" in table
     assert (grid.base.out_dir.parent / "ablations_by_size.png").read_bytes().startswith(b"\x89PNG")
 
     # A rerun trains and measures nothing again; the records keep their measures.
@@ -492,3 +492,13 @@ def test_pilot_and_grid_train_on_the_fraction_through_the_classifier(tiny_data, 
     assert grid.returncode == 0, grid.stdout[-2000:] + grid.stderr[-2000:]
     assert "data: sst train 8" in (out / "frac0.5" / "baseline" / "seed11711" / "train.log").read_text()
     assert read_json(tmp_path / "by_size.json")["runs"][0]["signature"]["train_fraction"] == 0.5
+
+
+def test_a_measure_every_seed_moved_alike_gets_no_interval():
+    # 0.25 on both seeds, exactly (binary fractions): a zero-width interval would read as certainty.
+    alike = paired_difference({1: 0.75, 2: 0.5}, {1: 0.5, 2: 0.25})
+    assert alike.no_spread and alike.low is None
+    assert by_size.format_measure_difference("smooth_sst_eps1e-2", alike) == "+0.25 [no spread]"
+    assert by_size.format_measure_difference("attack_success_sst", alike) == "+25.0 [no spread]"
+    apart = paired_difference({1: 0.75, 2: 0.5}, {1: 0.5, 2: 0.5})
+    assert not apart.no_spread and by_size.format_measure_difference("smooth_sst_eps1e-2", apart).endswith("]")

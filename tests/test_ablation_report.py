@@ -71,9 +71,10 @@ def test_paired_differences_and_t_intervals_on_hand_made_numbers(tmp_path):
     assert sst.n == 3 and sst.mean == pytest.approx(0.026667, abs=1e-6)
     assert sst.low == pytest.approx(0.026667 - 0.051713, abs=1e-5)
     assert sst.high == pytest.approx(0.026667 + 0.051713, abs=1e-5)
-    # Identical scores: a zero difference with a zero-width interval.
+    # Identical scores: a zero difference and no interval (a zero-width one would read as certainty).
     para = summary["smart"]["vs_baseline"]["dev_para"]
-    assert (para.mean, para.low, para.high) == (0.0, 0.0, 0.0)
+    assert (para.mean, para.low, para.high, para.no_spread) == (0.0, None, None, True)
+    assert format_difference(para) == "+0.0 [no spread]"
     # Time: mean of the per-seed ratios 2.5, 2.5, 3.0.
     assert summary["smart"]["time_ratio"] == pytest.approx(8 / 3)
     # One pair: a difference without an interval.
@@ -83,7 +84,8 @@ def test_paired_differences_and_t_intervals_on_hand_made_numbers(tmp_path):
     assert format_difference(r3f) == "-10.0"
     table = markdown(settings(tmp_path, configs=["baseline", "smart", "r3f"], seeds=[1, 2, 3]), results,
                      list(summary.values()))
-    assert "| smart | 3 | +2.7 [-2.5, +7.8] | +0.0 [+0.0, +0.0] |" in table and "| 2.67 |" in table
+    assert "| smart | 3 | +2.7 [-2.5, +7.8] | +0.0 [no spread] |" in table and "| 2.67 |" in table
+    assert "`[no spread]`: every seed gave the same difference" in table
     assert "†" not in table  # every run without a recorded machine: nothing to flag
 
 
@@ -107,13 +109,13 @@ def test_differences_from_fixed_reference_scores_on_hand_made_numbers(tmp_path):
     assert (row["dev_sst"].low, row["dev_sst"].high) == (pytest.approx(0.008 - 0.024841, abs=1e-6),
                                                          pytest.approx(0.008 + 0.024841, abs=1e-6))
     # Quora 0.8 on every seed: −3.6 points with no spread.
-    assert (row["dev_para"].mean, row["dev_para"].low) == (pytest.approx(-0.036), pytest.approx(-0.036))
+    assert (row["dev_para"].mean, row["dev_para"].low) == (pytest.approx(-0.036), None)
     # The mean compares with the reference's own mean, STS as (r + 1) / 2: (0.482 + 0.836 + 0.93) / 3.
     assert row["dev_mean"].mean == pytest.approx(0.7 - 2.248 / 3)
     table = markdown(settings(tmp_path, configs=["baseline"], seeds=[1, 2, 3]), results,
                      aggregate(results, ["baseline"], reference), reference)
     assert "| single-task specialists | `--reference` | — | 0.482 | 0.836 | 0.860 | 0.749 | — |" in table
-    assert "| baseline | 3 | +0.8 [-1.7, +3.3] | -3.6 [-3.6, -3.6] | -6.0 [-6.0, -6.0] | -4.9 [-4.9, -4.9] |" in table
+    assert "| baseline | 3 | +0.8 [-1.7, +3.3] | -3.6 [no spread] | -6.0 [no spread] | -4.9 [no spread] |" in table
     plot(tmp_path / "chart.png", settings(tmp_path, configs=["baseline"], seeds=[1, 2, 3]),
                 aggregate(results, ["baseline"], reference), metric_columns(results), reference)
     assert (tmp_path / "chart.png").stat().st_size > 0

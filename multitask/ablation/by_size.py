@@ -10,9 +10,9 @@ from typing import Sequence
 
 from minbert.plumbing.atomic import atomic_write_text
 from multitask.ablation.grid import BASELINE, GRID, GridError, fraction_label, report_paths
-from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, format_difference, format_stat,
-                                           closing_lines, machine_lines, mean_std, metric_columns, paired_difference,
-                                           per_seed, save_figure)
+from multitask.ablation.seed_stats import (CONFIDENCE, NO_SPREAD, NO_SPREAD_NOTE, Difference, Stat, closing_lines,
+                                           format_difference, format_stat, machine_lines, mean_std, metric_columns,
+                                           paired_difference, per_seed, save_figure)
 from multitask.ablation.single_run import RunResult, robustness_limits
 from multitask.ablation.sizes import PLATEAU_POINTS, Results, SizeGrid, epochs_flag, pilot_dir, pilot_summary
 
@@ -105,6 +105,8 @@ def format_measure(measure: str, stat: Stat) -> str:
 def format_measure_difference(measure: str, d: Difference) -> str:
     if is_share(measure) or d.mean is None:
         return format_difference(d)
+    if d.no_spread:
+        return f"{d.mean:+.3g} {NO_SPREAD}"
     return f"{d.mean:+.3g}" + ("" if d.low is None else f" [{d.low:+.3g}, {d.high:+.3g}]")
 
 
@@ -132,7 +134,7 @@ def score_tables(summary: dict[str, list[dict]], metrics: list[tuple[str, str]])
     lines += ["", f"Paired differences from `{BASELINE}` at the same fraction: per seed the row's score minus "
               f"`{BASELINE}`'s with that seed (the same training rows), averaged over seeds, in points (×100), "
               f"with a {CONFIDENCE:.0%} Student-t interval over the seeds; an interval containing 0 is no evidence "
-              "either way.", "",
+              f"either way. {NO_SPREAD_NOTE}", "",
               "| fraction | config | pairs | " + " | ".join(f"Δ {title}" for _, title in metrics) + " |",
               "|---|---|---|" + "---|" * len(metrics)]
     for label, rows in summary.items():
@@ -169,7 +171,7 @@ def robustness_tables(summary: dict[str, list[dict]], dev_limit: int | None) -> 
             f"run. `clean_*` is the dev metric on those examples unperturbed. `{BASELINE}`: mean ± std over seeds, "
             "as measured; the other columns: the paired difference from it with a "
             f"{CONFIDENCE:.0%} t-interval, in points (×100) for the accuracies, STS r, attack success and "
-            "calibration error, as they are for the smoothness divergences (`smooth_*`).", *lines]
+            f"calibration error, as they are for the smoothness divergences (`smooth_*`). {NO_SPREAD_NOTE}", *lines]
 
 
 def pilot_line(grid: SizeGrid) -> str:

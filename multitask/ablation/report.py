@@ -11,7 +11,7 @@ from typing import Sequence
 from minbert.plumbing.atomic import atomic_write_text
 from multitask.ablation.grid import BASELINE, GRID, GridSettings, report_paths
 from multitask.ablation.single_run import RunResult
-from multitask.ablation.seed_stats import (CONFIDENCE, Difference, Stat, closing_lines, difference_from,
+from multitask.ablation.seed_stats import (CONFIDENCE, NO_SPREAD_NOTE, Difference, Stat, closing_lines, difference_from,
                                            format_difference, format_stat, machine_lines, mean_std, metric_columns,
                                            paired_difference, per_seed, save_figure, time_ratio)
 from multitask.evaluate import overall
@@ -136,7 +136,7 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
                   f"`{BASELINE}`'s with the same seed, averaged over seeds, in points (×100), with a "
                   f"{CONFIDENCE:.0%} Student-t interval over the seeds. An interval that contains 0 is no "
                   "evidence either way. Time: mean per-seed ratio of training time to the baseline's, over the seeds "
-                  "whose two runs trained on the same machine.", "",
+                  f"whose two runs trained on the same machine. {NO_SPREAD_NOTE}", "",
                   "| config | pairs | " + " | ".join(f"Δ {title}" for _, title in metrics) + " | time × |",
                   "|---|---|" + "---|" * len(metrics) + "---|"]
         for row in compared:
@@ -149,7 +149,7 @@ def markdown(settings: GridSettings, results: Sequence[RunResult], summary: list
         lines += ["", f"Against {reference.name}: each seed's score minus the fixed score, averaged over seeds, "
                   f"in points (×100), with a {CONFIDENCE:.0%} Student-t interval over the seeds. The interval "
                   "holds only this grid's seed noise (the fixed scores come from single runs whose own noise "
-                  "is unknown); an interval above 0 means beyond that noise.", "",
+                  f"is unknown); an interval above 0 means beyond that noise. {NO_SPREAD_NOTE}", "",
                   "| config | runs | " + " | ".join(f"Δ {title}" for _, title in held) + " |",
                   "|---|---|" + "---|" * len(held)]
         for row in summary:

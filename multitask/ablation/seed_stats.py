@@ -42,7 +42,8 @@ class Difference:
     """Mean over seeds of (configuration − baseline), each seed paired with itself, and its t-interval.
 
     Pairing removes what a seed does to every configuration alike (its data order, its head
-    initialisation), which is most of the seed-to-seed spread; the interval is None below 2 pairs.
+    initialisation), which is most of the seed-to-seed spread; the interval is None below 2 pairs and
+    where every pair differs by the same amount (`no_spread`).
     """
 
     mean: float | None
@@ -50,8 +51,18 @@ class Difference:
     high: float | None
     n: int
 
+    @property
+    def no_spread(self) -> bool:
+        return self.n >= 2 and self.low is None
+
     def as_json(self) -> dict:
         return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n, "confidence": CONFIDENCE}
+
+
+# Written where an interval would go when every seed gave the same difference, and what it means.
+NO_SPREAD = "[no spread]"
+NO_SPREAD_NOTE = (f"`{NO_SPREAD}`: every seed gave the same difference, so there is no interval; a few seeds "
+                  "agreeing to the last example is no evidence by itself.")
 
 
 def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> Difference:
@@ -63,8 +74,10 @@ def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> D
     if len(differences) < 2:
         return Difference(mean, None, None, 1)
     spread = statistics.stdev(differences)
-    if spread == 0:  # every seed moved by the same amount (scipy wants a positive scale)
-        return Difference(mean, mean, mean, len(differences))
+    if spread == 0:
+        # Every seed moved by the same amount: with accuracies on a few hundred examples that is a
+        # coincidence of a few seeds, not certainty, so no interval (a zero-width one would read as one).
+        return Difference(mean, None, None, len(differences))
     low, high = scipy.stats.t.interval(CONFIDENCE, len(differences) - 1, loc=mean,
                                        scale=spread / math.sqrt(len(differences)))
     return Difference(mean, float(low), float(high), len(differences))
@@ -106,10 +119,12 @@ def time_ratio(runs: Sequence[RunResult], baseline: Sequence[RunResult]) -> floa
 
 
 def format_difference(difference: Difference) -> str:
-    """In points (×100): `+1.2 [−0.4, +2.8]`, or `+1.2` with one pair, `—` with none."""
+    """In points (×100): `+1.2 [−0.4, +2.8]`, `+1.2 [no spread]`, or `+1.2` with one pair, `—` with none."""
     if difference.mean is None:
         return "—"
     text = f"{100 * difference.mean:+.1f}"
+    if difference.no_spread:
+        return f"{text} {NO_SPREAD}"
     return text if difference.low is None else f"{text} [{100 * difference.low:+.1f}, {100 * difference.high:+.1f}]"
 
 
