@@ -17,7 +17,7 @@ from multitask.model import MultitaskBert
 from multitask.robustness.attack import word_attack
 from multitask.robustness.calibration import classifier_ece
 from multitask.robustness.noise import NOISE_KINDS, perturb_examples
-from multitask.robustness.scoring import ModelScorer, labels_of, metric
+from multitask.robustness.scoring import ModelScorer, labels_of, metric, metric_of_outputs
 from multitask.robustness.smoothness import EPS_GRID, Attack, smoothness
 from multitask.tasks import TASKS
 
@@ -73,7 +73,9 @@ def measure_model(model: MultitaskBert, tokenizer: BertTokenizer, dev_examples: 
             report(f"{task}: smoothness at ε = {eps:g} ({len(smoothed)} examples, {attack.steps} ascent steps)")
             results[f"smooth_{task}_eps{eps_name(eps)}"] = smoothness(model, dataset, eps, attack, device, precision,
                                                                       batch_size, seed)
-        results[f"clean_{task}"] = metric(scorer, task, examples)
+        # One forward pass for both measures of the unperturbed examples: clean_ and ece_.
+        clean_outputs = scorer.outputs(task, examples)
+        results[f"clean_{task}"] = metric_of_outputs(task, clean_outputs, examples)
         for kind in NOISE_KINDS:
             for percent in NOISE_PERCENTS:
                 report(f"{task}: dev metric with {kind} noise on {percent}% of words")
@@ -86,8 +88,7 @@ def measure_model(model: MultitaskBert, tokenizer: BertTokenizer, dev_examples: 
             results[f"attack_success_{task}"] = outcome.success_rate
             results[f"attack_examples_{task}"] = float(outcome.examples)
             report(f"{task}: calibration")
-            results[f"ece_{task}"] = classifier_ece(TASKS[task].kind, scorer.outputs(task, examples),
-                                                    labels_of(task, examples))
+            results[f"ece_{task}"] = classifier_ece(TASKS[task].kind, clean_outputs, labels_of(task, examples))
     return results
 
 

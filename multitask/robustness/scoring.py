@@ -61,5 +61,10 @@ def labels_of(task: str, examples: Sequence[Example]) -> torch.Tensor:
 
 def metric(scorer: Scorer, task: str, examples: Sequence[Example]) -> float:
     """The task's dev metric (accuracy, or Pearson r) of the scorer's predictions on these examples."""
+    return metric_of_outputs(task, scorer.outputs(task, examples), examples)
+
+
+def metric_of_outputs(task: str, outputs: torch.Tensor, examples: Sequence[Example]) -> float:
+    """The task's dev metric of head outputs already computed for these examples."""
     spec = TASKS[task]
-    return spec.score(spec.predictions(scorer.outputs(task, examples)), labels_of(task, examples))
+    return spec.score(spec.predictions(outputs), labels_of(task, examples))
