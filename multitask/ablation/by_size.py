@@ -10,7 +10,7 @@ from typing import Sequence
 
 from minbert.plumbing.atomic import atomic_write_text
 from multitask.ablation.grid import BASELINE, GRID, GridError, fraction_label, report_paths
-from multitask.ablation.seed_stats import (CONFIDENCE, NO_SPREAD, NO_SPREAD_NOTE, Difference, Stat, closing_lines,
+from multitask.ablation.seed_stats import (CONFIDENCE, NO_SPREAD_NOTE, Difference, Stat, closing_lines,
                                            format_difference, format_stat, machine_lines, mean_std, metric_columns,
                                            paired_difference, per_seed, save_figure)
 from multitask.ablation.single_run import RunResult, robustness_limits
@@ -103,11 +103,8 @@ def format_measure(measure: str, stat: Stat) -> str:
 
 
 def format_measure_difference(measure: str, d: Difference) -> str:
-    if is_share(measure) or d.mean is None:
-        return format_difference(d)
-    if d.no_spread:
-        return f"{d.mean:+.3g} {NO_SPREAD}"
-    return f"{d.mean:+.3g}" + ("" if d.low is None else f" [{d.low:+.3g}, {d.high:+.3g}]")
+    # Shares in points, as the score columns; divergences as they are.
+    return format_difference(d) if is_share(measure) else format_difference(d, scale=1, spec="+.3g")
 
 
 def budget_table(grid: SizeGrid, results: Results, full: FullData | None) -> list[str]:

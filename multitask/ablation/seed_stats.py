@@ -118,14 +118,17 @@ def time_ratio(runs: Sequence[RunResult], baseline: Sequence[RunResult]) -> floa
     return statistics.fmean(ratios) if ratios else None
 
 
-def format_difference(difference: Difference) -> str:
-    """In points (×100): `+1.2 [−0.4, +2.8]`, `+1.2 [no spread]`, or `+1.2` with one pair, `—` with none."""
+def format_difference(difference: Difference, scale: float = 100, spec: str = "+.1f") -> str:
+    """In points (×100) by default: `+1.2 [−0.4, +2.8]`, `+1.2 [no spread]`, or `+1.2` with one pair, `—`
+    with none; `scale` and `spec` for values shown otherwise."""
     if difference.mean is None:
         return "—"
-    text = f"{100 * difference.mean:+.1f}"
+    text = f"{scale * difference.mean:{spec}}"
     if difference.no_spread:
         return f"{text} {NO_SPREAD}"
-    return text if difference.low is None else f"{text} [{100 * difference.low:+.1f}, {100 * difference.high:+.1f}]"
+    if difference.low is None:
+        return text
+    return f"{text} [{scale * difference.low:{spec}}, {scale * difference.high:{spec}}]"
 
 
 def format_stat(stat: Stat, digits: int = 3) -> str:
