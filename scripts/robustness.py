@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a multitask checkpoint directory (<out_dir>/best of multitask_classifier.py)")
     p.add_argument("--data_dir", type=Path, default=DATA_DIR,
                    help="where the course's dev files are (default: the repository's data/)")
-    p.add_argument("--dev_limit", type=integer(1), default=None, help="N examples of each dev set, a sample fixed by their ids (default: all)")
+    p.add_argument("--dev_limit", type=integer(1), default=None,
+                   help="N examples of each dev set, a sample fixed by their ids (default: all)")
     p.add_argument("--attack_limit", type=attack_limit, default=500,
                    help="N of those for the typo attack, or 'all' (default: 500)")
     p.add_argument("--smooth_limit", type=integer(1), default=None,
