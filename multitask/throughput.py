@@ -16,8 +16,8 @@ PEAK_SIZE = 2048
 def matmul_peak(device: torch.device, precision: str, seconds: float = 0.6, windows: int = 3) -> float:
     """FLOP/s of torch.mm on PEAK_SIZE² matrices in the precision's dtype, measured now on this device: the
     best of `windows` windows that share `seconds`. One window alone is at the mercy of a moment when the
-    system takes a core (on 2 cores, one 0.3 s window in a few read half the rate); a peak is what the
-    machine reaches."""
+    system takes a core, which halves the rate on 2 cores (results/README.md, "Quick check"); a peak is
+    what the machine reaches."""
     dtype = DTYPES[precision]
     # A generator of its own: measuring must not move the run's random stream.
     generator = torch.Generator(device).manual_seed(0)
