@@ -6,7 +6,7 @@
     python scripts/ablate.py --configs baseline --reference "specialists: sst=S,para=Q,sts=R"  # vs fixed scores
     python scripts/ablate.py --train_fraction 0.02,0.1,0.3 --pilot                 # baseline's epochs per fraction
     python scripts/ablate.py --train_fraction 0.02,0.1,0.3 --seeds_by_fraction 0.02:5,0.1:5,0.3:3 \\
-        --epochs_by_fraction 0.02:8,0.1:5,0.3:3 --robustness                      # the low-resource curve
+        --epochs_by_fraction 0.02:21,0.1:9,0.3:5 --robustness                     # the low-resource curve
 
 Each configuration and seed trains in its own subprocess into <out_dir>/<config>/seed<seed>/ (with
 --train_fraction, <out_dir>/frac<F>/<config>/seed<seed>/);
