@@ -17,7 +17,7 @@ import pytest
 from multitask.ablation import GRID, GridError, GridSettings, build_command, finished_results, run_dir, run_signature
 from multitask.ablation import by_size
 from multitask.ablation.seed_stats import paired_difference
-from multitask.ablation.single_run import ROBUSTNESS, code_version, dev_files, run_one
+from multitask.ablation.single_run import ROBUSTNESS, RunResult, code_version, dev_files, run_one
 from multitask.ablation.sizes import (BY_SIZE_ROWS, SizeGrid, epochs_flag, finished_by_size, mean_curve,
                                       parse_by_fraction, parse_fractions, pilot_grid, pilot_summary, plateau_epoch,
                                       run_by_size, size_grid)
@@ -314,6 +314,30 @@ def test_the_grid_runs_every_fraction_measures_each_checkpoint_and_reports(tmp_p
     assert "15 of 15 runs finished" in result.stdout and not grid.base.out_dir.exists()
     rebuilt = (grid.base.out_dir.parent / "ablations_by_size.md").read_text()
     assert f"| 0.25 | smart | 3 | {100 * expected.mean:+.1f} [" in rebuilt and "| typo5_sst |" in rebuilt
+
+
+def test_noise_drops_are_clean_minus_noisy_per_run_after_each_tasks_noise_columns():
+    def run(config: str, seed: int, clean: float, typo: float) -> RunResult:
+        return RunResult(config, seed, "done", f"{config}/seed{seed}", robustness={
+            "smooth_sst_eps1e-2": 0.5, "clean_sst": clean, "typo5_sst": typo, "delete5_sst": typo + 0.01,
+            "attack_acc_sst": 0.1, "attack_examples_sst": 500.0, "clean_sts": 0.8, "typo5_sts": 0.7})
+
+    # smart scores 3 points higher on clean text and 1 point higher on noisy text: the noise costs it 2 more.
+    runs = [run("baseline", 1, 0.50, 0.45), run("baseline", 2, 0.40, 0.36),
+            run("smart", 1, 0.53, 0.46), run("smart", 2, 0.43, 0.37)]
+    measures = by_size.robustness_measures(runs)
+    assert measures == ["smooth_sst_eps1e-2", "clean_sst", "typo5_sst", "delete5_sst", "drop_typo5_sst",
+                        "drop_delete5_sst", "attack_acc_sst", "clean_sts", "typo5_sts", "drop_typo5_sts"]
+    assert by_size.noise_task("typo10_para") == "para" and by_size.noise_task("clean_sst") is None
+    assert by_size.noise_task("attack_acc_sst") is None and by_size.noise_task("typo_sst") is None
+    rows = {row["config"]: row for row in by_size.fraction_rows(runs, ["baseline", "smart"], [], measures)}
+    assert rows["baseline"]["robustness"]["drop_typo5_sst"].mean == pytest.approx((0.05 + 0.04) / 2)
+    assert rows["smart"]["robustness_vs_baseline"]["drop_typo5_sst"].mean == pytest.approx(0.02)
+    assert rows["smart"]["robustness_vs_baseline"]["typo5_sst"].mean == pytest.approx(0.01)
+    # A run without its clean score has no drop, rather than a drop from nothing.
+    bare = RunResult("baseline", 3, "done", "b3", robustness={"typo5_sst": 0.4})
+    assert by_size.robustness_measures([bare]) == ["typo5_sst"]
+    assert by_size.run_measure(bare, "drop_typo5_sst") is None
 
 
 def test_a_report_written_midway_has_no_robustness_table_for_a_fraction_not_reached(tmp_path, fake_classifier,

@@ -15,6 +15,7 @@ from multitask.ablation.seed_stats import (CONFIDENCE, NO_SPREAD_NOTE, Differenc
                                            paired_difference, per_seed, save_figure)
 from multitask.ablation.single_run import RunResult, robustness_limits
 from multitask.ablation.sizes import PLATEAU_POINTS, Results, SizeGrid, epochs_flag, pilot_dir, pilot_summary
+from multitask.robustness.noise import NOISE_KINDS
 
 # What measure_checkpoint returns besides measures: how many examples the attack ran on.
 COUNT_PREFIXES = ("attack_examples_",)
@@ -45,14 +46,45 @@ def load_full_data(path: Path, configs: Sequence[str]) -> FullData:
 
 # ----------------------------------------------------------------------------------------------- summaries
 
+# A noise column scores the perturbed text, so it moves with the clean score too; what the noise
+# itself cost a run is its drop from clean_<task> on the same examples: drop_<noise column>.
+DROP_PREFIX = "drop_"
+
+
+def noise_task(measure: str) -> str | None:
+    """The task of a noise column ('typo5_sst' -> 'sst'); None for every other measure."""
+    level, _, task = measure.rpartition("_")
+    kind = level.rstrip("0123456789")
+    return task if kind in NOISE_KINDS and level != kind else None
+
+
 def robustness_measures(runs: Sequence[RunResult]) -> list[str]:
-    """The robustness measures the runs carry, in the order measure_checkpoint gave them; counts left out."""
-    names = dict.fromkeys(key for r in runs for key in r.robustness)
-    return [name for name in names if not name.startswith(COUNT_PREFIXES)]
+    """The robustness measures the runs carry, in the order measure_checkpoint gave them, counts left
+    out; after a task's last noise column, its drops (when the runs carry clean_<task>)."""
+    names = [name for name in dict.fromkeys(key for r in runs for key in r.robustness)
+             if not name.startswith(COUNT_PREFIXES)]
+    ordered = []
+    for i, name in enumerate(names):
+        ordered.append(name)
+        task = noise_task(name)
+        last_of_task = i + 1 == len(names) or noise_task(names[i + 1]) != task
+        if task is not None and last_of_task and f"clean_{task}" in names:
+            ordered += [DROP_PREFIX + other for other in names if noise_task(other) == task]
+    return ordered
+
+
+def run_measure(run: RunResult, measure: str) -> float | None:
+    """One run's value of a measure: as recorded, or for a drop, clean minus noisy (None if either is missing)."""
+    if not measure.startswith(DROP_PREFIX):
+        return run.robustness.get(measure)
+    noisy = measure[len(DROP_PREFIX):]
+    clean, perturbed = run.robustness.get(f"clean_{noise_task(noisy)}"), run.robustness.get(noisy)
+    return None if clean is None or perturbed is None else clean - perturbed
 
 
 def measure_per_seed(runs: Sequence[RunResult], measure: str) -> dict[int, float]:
-    return {r.seed: r.robustness[measure] for r in runs if measure in r.robustness}
+    values = {r.seed: run_measure(r, measure) for r in runs}
+    return {seed: value for seed, value in values.items() if value is not None}
 
 
 def fraction_rows(runs: Sequence[RunResult], configs: Sequence[str], metrics: Sequence[tuple[str, str]],
@@ -67,7 +99,7 @@ def fraction_rows(runs: Sequence[RunResult], configs: Sequence[str], metrics: Se
         done = finished[name]
         row = {"config": name, "runs": len(done), "failed": sum(r.config == name for r in runs) - len(done)}
         row.update({key: mean_std([r.value(key) for r in done]) for key, _ in metrics})
-        row["robustness"] = {m: mean_std([r.robustness.get(m) for r in done]) for m in measures}
+        row["robustness"] = {m: mean_std([run_measure(r, m) for r in done]) for m in measures}
         if name != BASELINE and base:
             row["vs_baseline"] = {key: paired_difference(per_seed(done, key), per_seed(base, key))
                                   for key, _ in metrics}
@@ -165,7 +197,9 @@ def robustness_tables(summary: dict[str, list[dict]], dev_limit: int | None) -> 
             "`multitask.robustness.measure_checkpoint` on each run's kept checkpoint (fp32, the run's seed: the same "
             f"perturbations for every row at a seed), on {limits['dev_limit']} examples of each dev set (the "
             f"smoothness ascent on {limits['smooth_limit']} of them): a sample fixed by id, the same for every "
-            f"run. `clean_*` is the dev metric on those examples unperturbed. `{BASELINE}`: mean ± std over seeds, "
+            f"run. `clean_*` is the dev metric on those examples unperturbed; `{DROP_PREFIX}*` is, per run, `clean_*` "
+            "minus the noisy column's score: what the noise cost (a negative difference from "
+            f"`{BASELINE}` is a row the noise hurts less). `{BASELINE}`: mean ± std over seeds, "
             "as measured; the other columns: the paired difference from it with a "
             f"{CONFIDENCE:.0%} t-interval, in points (×100) for the accuracies, STS r, attack success and "
             f"calibration error, as they are for the smoothness divergences (`smooth_*`). {NO_SPREAD_NOTE}", *lines]
