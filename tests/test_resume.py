@@ -329,7 +329,7 @@ def finish(process: subprocess.Popen) -> str:
 
 
 # bf16 by default (the autocast path is the one with more state to get wrong); fp32 is opt-in with
-# `-m slow`: the in-process resume tests above already cover fp32, and the pair cost ~95 s.
+# `-m slow`: the in-process resume tests above already cover fp32 (its cost: results/README.md, Test suite).
 @pytest.mark.parametrize("precision", [pytest.param("fp32", marks=pytest.mark.slow), "bf16"])
 def test_sigkilled_run_resumes_to_byte_identical_predictions_and_scores(tiny_files, tmp_path, precision):
     reference_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
